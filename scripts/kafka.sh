@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Local single-node Apache Kafka (KRaft) on loopback, for development and tests.
+#
+#   scripts/kafka.sh start    # idempotent: reuse a reachable broker, or fetch jars, format and start one
+#   scripts/kafka.sh stop     # stop the broker this script started
+#   scripts/kafka.sh status   # exit 0 when the broker answers
+#   scripts/kafka.sh reset    # stop and wipe the broker's data (jars stay cached)
+#
+# Environment:
+#   SLUICE_KAFKA_BROKERS   bootstrap address to use or start (default 127.0.0.1:9092)
+#   KAFKA_VERSION          Apache Kafka version from Maven Central (default 4.1.1)
+#   KAFKA_HEAP_OPTS        JVM heap bounds (default -Xms256m -Xmx1g)
+#   SLUICE_CACHE_DIR       where jars, data and the broker log live (default ~/.cache/sluice)
+set -euo pipefail
+
+KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
+SCALA_VERSION="2.13"
+BROKERS="${SLUICE_KAFKA_BROKERS:-127.0.0.1:9092}"
+HOST="${BROKERS%%,*}"; HOST="${HOST%:*}"
+PORT="${BROKERS%%,*}"; PORT="${PORT##*:}"
+CONTROLLER_PORT="${SLUICE_KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
+CACHE="${SLUICE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice}"
+JARS="$CACHE/kafka-$KAFKA_VERSION/libs"
+RUN="$CACHE/kafka-run-$PORT"
+LOG="$RUN/broker.log"
+PID="$RUN/broker.pid"
+HEAP="${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
+
+say() { echo "kafka.sh: $*" >&2; }
+
+reachable() { (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null; }
+
+running_pid() {
+  [[ -f "$PID" ]] || return 1
+  local p; p=$(cat "$PID")
+  kill -0 "$p" 2>/dev/null && echo "$p"
+}
+
+fetch_jars() {
+  if [[ -f "$JARS/.complete" ]]; then return 0; fi
+  command -v mvn >/dev/null || { say "mvn is required to fetch Kafka's jars"; exit 1; }
+  command -v java >/dev/null || { say "java (17+) is required to run Kafka"; exit 1; }
+  say "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central into $JARS"
+  local work="$CACHE/kafka-$KAFKA_VERSION"
+  mkdir -p "$work"
+  cat >"$work/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>sluice.local</groupId>
+  <artifactId>kafka-broker</artifactId>
+  <version>1</version>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_$SCALA_VERSION</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>2.0.17</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>2.24.3</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>2.24.3</version></dependency>
+  </dependencies>
+</project>
+POM
+  rm -rf "$JARS"
+  mvn -B -q -f "$work/pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$JARS" -DincludeScope=runtime >"$work/mvn.log" 2>&1 \
+    || { say "maven failed; see $work/mvn.log"; tail -20 "$work/mvn.log" >&2; exit 1; }
+  touch "$JARS/.complete"
+}
+
+write_config() {
+  mkdir -p "$RUN/data"
+  cat >"$RUN/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@$HOST:$CONTROLLER_PORT
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$RUN/data
+num.partitions=1
+auto.create.topics.enable=false
+delete.topic.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+num.network.threads=2
+num.io.threads=4
+log.retention.check.interval.ms=60000
+PROPS
+  cat >"$RUN/log4j2.properties" <<L4J
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = $LOG
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = info
+logger.state.name = state.change.logger
+logger.state.level = warn
+L4J
+}
+
+java_run() {
+  # shellcheck disable=SC2086
+  java $HEAP -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$RUN/log4j2.properties" \
+    -cp "$JARS/*" "$@"
+}
+
+start() {
+  if reachable; then say "broker already reachable at $HOST:$PORT; using it"; return 0; fi
+  if p=$(running_pid); then say "broker process $p exists but $HOST:$PORT does not answer yet"; fi
+  fetch_jars
+  write_config
+  if [[ ! -f "$RUN/data/meta.properties" ]]; then
+    say "formatting storage in $RUN/data"
+    java_run kafka.tools.StorageTool format --standalone=false -t "sluice-local-$PORT" \
+      -c "$RUN/server.properties" >"$RUN/format.log" 2>&1 \
+      || java_run kafka.tools.StorageTool format -t "sluice-local-$PORT" \
+        -c "$RUN/server.properties" >"$RUN/format.log" 2>&1 \
+      || { say "storage format failed:"; cat "$RUN/format.log" >&2; exit 1; }
+  fi
+  if ! running_pid >/dev/null; then
+    say "starting Kafka $KAFKA_VERSION on $HOST:$PORT (log: $LOG)"
+    : >"$LOG"
+    nohup bash -c "$(declare -f java_run); HEAP='$HEAP' RUN='$RUN' JARS='$JARS'; java_run kafka.Kafka '$RUN/server.properties'" \
+      >"$RUN/stdout.log" 2>&1 &
+    echo $! >"$PID"
+  fi
+  local deadline=$((SECONDS + ${KAFKA_START_TIMEOUT:-120}))
+  until reachable && grep -q "Kafka Server started" "$LOG" 2>/dev/null; do
+    if ! running_pid >/dev/null; then
+      say "broker exited during start-up; last lines:"; tail -30 "$RUN/stdout.log" "$LOG" >&2 || true; exit 1
+    fi
+    if (( SECONDS > deadline )); then say "broker did not answer within the timeout"; tail -30 "$LOG" >&2; exit 1; fi
+    sleep 0.5
+  done
+  say "broker ready at $HOST:$PORT"
+}
+
+stop() {
+  local p
+  if p=$(running_pid); then
+    say "stopping broker (pid $p)"
+    pkill -TERM -P "$p" 2>/dev/null || true
+    kill -TERM "$p" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$p" 2>/dev/null || break; sleep 0.5; done
+    pkill -KILL -P "$p" 2>/dev/null || true
+    kill -KILL "$p" 2>/dev/null || true
+  fi
+  rm -f "$PID"
+}
+
+case "${1:-start}" in
+  start) start ;;
+  stop) stop ;;
+  status) reachable && say "reachable at $HOST:$PORT" ;;
+  reset) stop; rm -rf "$RUN" ;;
+  *) echo "usage: $0 start|stop|status|reset" >&2; exit 2 ;;
+esac
