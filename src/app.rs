@@ -1,0 +1,190 @@
+//! Application wiring: builds every component from the settings, binds the listener (port 0 is
+//! fine, the real address is returned), runs them under one cancellation tree, and shuts down in a
+//! fixed order.
+//!
+//! Shutdown order, each step bounded by `shutdown.grace_period`: stop edge accepts and end
+//! subscriptions, stop intake (its stored offsets cover only durably registered requests and are
+//! committed as it exits), checkpoint running streams, flush the producer, flush RocksDB.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::edge::{self, EdgeState};
+use crate::handler::Registry;
+use crate::hub::Hub;
+use crate::intake::Intake;
+use crate::journal::Journal;
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::provider::Provider;
+use crate::reader::Reader;
+use crate::settings::Settings;
+use crate::store::Store;
+use crate::subscription::Subscriptions;
+
+/// A built, not yet running, Sluice.
+pub struct App {
+    listener: TcpListener,
+    addr: SocketAddr,
+    settings: Settings,
+    journal: Arc<Journal>,
+    store: Store,
+    pool: Pool,
+    intake: Intake,
+    edge: Arc<EdgeState>,
+    streams: TaskTracker,
+    subscriptions: TaskTracker,
+    stream_stop: CancellationToken,
+    edge_stop: CancellationToken,
+}
+
+impl App {
+    /// Builds Sluice with the built-in handlers.
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        App::build_with(settings, Registry::with_builtins()).await
+    }
+
+    /// Builds Sluice with the given handler registry.
+    pub async fn build_with(settings: Settings, registry: Registry) -> anyhow::Result<App> {
+        settings.validate()?;
+        let metrics = Arc::new(Metrics::new()?);
+        let registry = Arc::new(registry);
+        let store = Store::open(&settings.store.path)?;
+        let journal = Arc::new(Journal::new(&settings.kafka, metrics.clone())?);
+        let reader = Arc::new(Reader::new(&settings.kafka)?);
+        ensure_intake_topics(&journal, &settings).await?;
+        let hub = Hub::new();
+        let streams = TaskTracker::new();
+        let subscriptions = TaskTracker::new();
+        let stream_stop = CancellationToken::new();
+        let edge_stop = CancellationToken::new();
+        let provider = Arc::new(Provider {
+            journal: journal.clone(),
+            reader: reader.clone(),
+            store: store.clone(),
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            registry: registry.clone(),
+            settings: settings.provider.clone(),
+        });
+        let pool = Pool::new(provider, streams.clone(), stream_stop.clone());
+        let intake = Intake::new(&settings.kafka, &settings.intake, journal.clone(), pool.clone(), registry.clone(), metrics.clone())?;
+        let subs = Arc::new(Subscriptions {
+            hub: hub.clone(),
+            store: store.clone(),
+            reader,
+            journal: journal.clone(),
+            metrics: metrics.clone(),
+            settings: settings.edge.clone(),
+            tracker: subscriptions.clone(),
+            shutdown: edge_stop.clone(),
+        });
+        let edge = Arc::new(EdgeState {
+            subs,
+            journal: journal.clone(),
+            store: store.clone(),
+            hub,
+            registry,
+            metrics,
+            intake: settings.intake.clone(),
+            edge: settings.edge.clone(),
+            intake_assigned: intake.assigned_flag(),
+        });
+        let listener = TcpListener::bind(settings.http.listen)
+            .await
+            .with_context(|| format!("bind http.listen {}", settings.http.listen))?;
+        let addr = listener.local_addr()?;
+        Ok(App {
+            listener,
+            addr,
+            settings,
+            journal,
+            store,
+            pool,
+            intake,
+            edge,
+            streams,
+            subscriptions,
+            stream_stop,
+            edge_stop,
+        })
+    }
+
+    /// The address the HTTP listener is bound to.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Runs until `shutdown` completes, then shuts down in order.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let grace = self.settings.shutdown.grace_period;
+        let resumed = self.pool.resume_interrupted().await?;
+        tracing::info!(resumed, addr = %self.addr, "sluice is running");
+        let tasks = TaskTracker::new();
+        let intake_stop = CancellationToken::new();
+        let intake = tasks.spawn(self.intake.run(intake_stop.clone()));
+        let edge_stop = self.edge_stop.clone();
+        let server = axum::serve(self.listener, edge::router(self.edge.clone()))
+            .with_graceful_shutdown(edge_stop.clone().cancelled_owned());
+        let server = tasks.spawn(async move { server.await });
+        tasks.close();
+
+        shutdown.await;
+        tracing::info!("shutting down: stopping edge and intake");
+        self.edge_stop.cancel();
+        intake_stop.cancel();
+        self.subscriptions.close();
+        step("edge", grace, async {
+            let _ = server.await;
+            self.subscriptions.wait().await;
+        })
+        .await;
+        step("intake", grace, async {
+            let _ = intake.await;
+        })
+        .await;
+        tracing::info!(active = self.pool.active(), "checkpointing running streams");
+        self.stream_stop.cancel();
+        self.streams.close();
+        step("streams", grace, self.streams.wait()).await;
+        step("producer flush", grace, async {
+            if let Err(e) = self.journal.flush(grace).await {
+                tracing::warn!(error = %e, "producer flush incomplete");
+            }
+        })
+        .await;
+        step("store flush", grace, async {
+            if let Err(e) = self.store.flush().await {
+                tracing::warn!(error = %e, "store flush failed");
+            }
+        })
+        .await;
+        tasks.wait().await;
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+async fn step(name: &str, grace: std::time::Duration, f: impl Future<Output = ()>) {
+    if tokio::time::timeout(grace, f).await.is_err() {
+        tracing::warn!(step = name, grace_ms = grace.as_millis() as u64, "shutdown step timed out");
+    }
+}
+
+async fn ensure_intake_topics(journal: &Journal, settings: &Settings) -> anyhow::Result<()> {
+    let timeout = settings.kafka.operation_timeout;
+    for topic in [&settings.intake.topic, &settings.intake.dlq_topic] {
+        let create = journal.create_topic(topic, settings.intake.topic_partitions, settings.kafka.stream_topic_replication, &[]);
+        tokio::time::timeout(timeout + std::time::Duration::from_secs(1), create)
+            .await
+            .map_err(|_| anyhow::anyhow!("Kafka at {} did not answer within {:?} (kafka.brokers)", settings.kafka.brokers, timeout))?
+            .with_context(|| format!("create topic {topic} on {}", settings.kafka.brokers))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! The built-in `demo:stream_ticks` handler used by tests, examples and benchmarks.
+//!
+//! Request payload (all optional):
+//! `{"count": 10, "interval_ms": 100, "fail_at": null, "panic_at": null, "checkpoint_every": 1, "pad_bytes": 0}`.
+//! Each chunk is `{"n": <1-based>, "at": <unix microseconds>}` plus `"pad"` when `pad_bytes > 0`.
+//! It resumes from a `{"n": <last>}` cursor.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::handler::{HandlerError, StreamContext, StreamHandler};
+
+/// The `demo:stream_ticks` handler.
+pub struct Ticks;
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct Params {
+    count: u64,
+    interval_ms: u64,
+    fail_at: Option<u64>,
+    panic_at: Option<u64>,
+    checkpoint_every: u64,
+    pad_bytes: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            count: 10,
+            interval_ms: 100,
+            fail_at: None,
+            panic_at: None,
+            checkpoint_every: 1,
+            pad_bytes: 0,
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch, the `at` field of each tick.
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+#[async_trait]
+impl StreamHandler for Ticks {
+    async fn run(&self, ctx: StreamContext) -> Result<(), HandlerError> {
+        let p: Params = serde_json::from_value(ctx.request().payload.clone())
+            .map_err(|e| HandlerError::new("invalid_payload", e.to_string()))?;
+        let first = ctx
+            .resume_from()
+            .and_then(|c| c.get("n"))
+            .and_then(Value::as_u64)
+            .map_or(1, |n| n + 1);
+        let pad = "x".repeat(p.pad_bytes);
+        let mut ticker = tokio::time::interval(Duration::from_millis(p.interval_ms.max(1)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for n in first..=p.count {
+            if p.interval_ms > 0 {
+                ticker.tick().await;
+            }
+            if p.fail_at == Some(n) {
+                return Err(HandlerError::new("demo_failure", format!("failed at chunk {n} as requested")));
+            }
+            if p.panic_at == Some(n) {
+                panic!("demo panic at chunk {n}");
+            }
+            let mut chunk = json!({"n": n, "at": now_micros()});
+            if !pad.is_empty() {
+                chunk["pad"] = Value::from(pad.as_str());
+            }
+            ctx.emit(chunk).await?;
+            if p.checkpoint_every > 0 && n % p.checkpoint_every == 0 {
+                ctx.checkpoint(json!({"n": n})).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::event::{Request, StreamId};
+    use crate::handler::Output;
+
+    async fn run(payload: Value, resume: Option<Value>) -> (Result<(), HandlerError>, Vec<Output>) {
+        let (tx, mut rx) = mpsc::channel(1000);
+        let req = Request {
+            event_type: crate::event::EventType::parse("demo:stream_ticks:v1:requested").unwrap(),
+            stream_id: None,
+            payload,
+            metadata: None,
+        };
+        let ctx = StreamContext::new(StreamId::random(), Arc::new(req), resume, tx, CancellationToken::new());
+        let res = Ticks.run(ctx).await;
+        let mut out = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            out.push(o);
+        }
+        (res, out)
+    }
+
+    fn chunk_ns(out: &[Output]) -> Vec<u64> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Chunk(v) => v["n"].as_u64(),
+                Output::Checkpoint(_) => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn emits_count_ticks_with_checkpoints() {
+        let (res, out) = run(json!({"count": 3, "interval_ms": 1000, "checkpoint_every": 2}), None).await;
+        res.unwrap();
+        assert_eq!(chunk_ns(&out), vec![1, 2, 3]);
+        let cps: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Checkpoint(c) => Some(c.clone()),
+                Output::Chunk(_) => None,
+            })
+            .collect();
+        assert_eq!(cps, vec![json!({"n": 2})]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resumes_after_cursor_and_fails_on_request() {
+        let (res, out) = run(json!({"count": 5, "interval_ms": 10}), Some(json!({"n": 3}))).await;
+        res.unwrap();
+        assert_eq!(chunk_ns(&out), vec![4, 5]);
+        let (res, out) = run(json!({"count": 5, "interval_ms": 10, "fail_at": 2}), None).await;
+        assert_eq!(res.unwrap_err().code, "demo_failure");
+        assert_eq!(chunk_ns(&out), vec![1]);
+        let (res, _) = run(json!({"count": "ten"}), None).await;
+        assert_eq!(res.unwrap_err().code, "invalid_payload");
+    }
+}

@@ -1,0 +1,146 @@
+//! The edge's error type: every refusal is a precise status with a JSON body
+//! `{"error":{"code","message"}}`, logged and counted by the rejection middleware.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::event::RequestError;
+use crate::subscription;
+
+/// A refused HTTP request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed input: bad JSON, type, id or resume point.
+    #[error("{message}")]
+    BadRequest {
+        /// Bounded code, also the metric reason.
+        code: &'static str,
+        /// Details for the client.
+        message: String,
+    },
+    /// Missing or wrong bearer token.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// No such stream.
+    #[error("{0}")]
+    NotFound(String),
+    /// The stream existed and its retention expired.
+    #[error("{0}")]
+    Gone(String),
+    /// The request conflicts with the stream's state.
+    #[error("{message}")]
+    Conflict {
+        /// Bounded code.
+        code: &'static str,
+        /// Details.
+        message: String,
+    },
+    /// The body is over the configured limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// Well-formed but not servable, such as an unknown handler.
+    #[error("{message}")]
+    Unprocessable {
+        /// Bounded code.
+        code: &'static str,
+        /// Details.
+        message: String,
+    },
+    /// Kafka or the store is unavailable.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Marks a response as a refusal, for the counting middleware.
+#[derive(Clone, Debug)]
+pub struct Rejection {
+    /// Bounded reason label.
+    pub code: &'static str,
+    /// The message sent to the client.
+    pub message: String,
+}
+
+impl ApiError {
+    /// The bounded code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { code, .. }
+            | ApiError::Conflict { code, .. }
+            | ApiError::Unprocessable { code, .. } => code,
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Gone(_) => "gone",
+            ApiError::PayloadTooLarge(_) => "too_large",
+            ApiError::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The JSON body of this error.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"code": self.code(), "message": self.to_string()}})
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::TooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
+            other => ApiError::BadRequest {
+                code: other.reason(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<subscription::Error> for ApiError {
+    fn from(e: subscription::Error) -> Self {
+        match e {
+            subscription::Error::NotFound(_) => ApiError::NotFound(e.to_string()),
+            subscription::Error::ResumePointAhead { .. } => ApiError::BadRequest {
+                code: "last_event_id_ahead",
+                message: e.to_string(),
+            },
+            other => ApiError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::store::Error> for ApiError {
+    fn from(e: crate::store::Error) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status(), Json(self.body())).into_response();
+        if self.status() == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp.extensions_mut().insert(Rejection {
+            code: self.code(),
+            message: self.to_string(),
+        });
+        resp
+    }
+}

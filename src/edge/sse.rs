@@ -1,0 +1,61 @@
+//! Server-Sent Events: `GET /v1/streams/{id}/events`, replay after `Last-Event-ID` (or
+//! `?last_event_id=`), then the live tail. Each stored event is sent with `id: <offset>`,
+//! `event: <type>` and the envelope as `data:`; heartbeats carry no id. The response ends after
+//! the terminal event.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::json;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{parse_event_id, parse_id, ApiError, Shared};
+use crate::subscription::Delivery;
+
+/// The SSE event name of the history-lost notice.
+pub const HISTORY_LOST: &str = "sluice:history_lost";
+
+fn frame(d: Delivery) -> Event {
+    match d {
+        Delivery::Event(ev) => Event::default()
+            .id(ev.offset.to_string())
+            .event(ev.envelope.event_type.as_str())
+            .data(&*ev.json),
+        Delivery::Heartbeat(h) => Event::default()
+            .event(h.event_type.as_str())
+            .data(serde_json::to_string(&*h).unwrap_or_default()),
+        Delivery::HistoryLost { requested, earliest } => Event::default()
+            .event(HISTORY_LOST)
+            .data(json!({"requested_id": requested, "earliest_id": earliest}).to_string()),
+    }
+}
+
+/// `GET /v1/streams/{id}/events`
+pub async fn events(
+    State(state): State<Shared>,
+    Path(raw): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&raw)?;
+    let resume = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("?").to_owned())
+        .or_else(|| query.get("last_event_id").cloned());
+    let after = resume.as_deref().map(parse_event_id).transpose()?;
+    let rx = state.subs.open(&id, after, state.edge.early_connect_wait).await?;
+    let guard = state.metrics.edge_connected("sse");
+    let metrics = state.metrics.clone();
+    let stream = ReceiverStream::new(rx).map(move |d| {
+        let _keep = &guard;
+        metrics.edge_sent("sse", 1);
+        Ok::<_, Infallible>(frame(d))
+    });
+    let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(state.edge.keepalive_interval));
+    Ok(sse.into_response())
+}

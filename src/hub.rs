@@ -1,0 +1,252 @@
+//! The live hub: in-memory fan-out of a running stream's events to its local subscribers, the
+//! registry of streams running on this process, and their cancel switches.
+//!
+//! Only acknowledged events enter the hub, each with its Kafka offset, so live delivery never shows
+//! a client something Kafka does not hold. Heartbeats pass through the hub only. The hub does not
+//! replay; a subscriber that falls behind is told it lagged and re-reads from Kafka.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::{broadcast, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{Envelope, EventType, State};
+
+/// Capacity of each stream's broadcast ring; slower subscribers lag and re-read from Kafka.
+pub const LIVE_CAPACITY: usize = 256;
+
+/// An event as stored in its stream topic, with its offset and its JSON ready to send.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// The Kafka offset: the event's id.
+    pub offset: i64,
+    /// The event's lifecycle state.
+    pub state: State,
+    /// The envelope with `id` set.
+    pub envelope: Envelope,
+    /// `envelope` serialised once for every subscriber.
+    pub json: Arc<str>,
+}
+
+impl StoredEvent {
+    /// Attaches an offset to an envelope read from or written to a stream topic.
+    pub fn new(offset: i64, mut envelope: Envelope) -> Option<StoredEvent> {
+        let state = EventType::parse(&envelope.event_type).ok()?.state();
+        envelope.id = Some(offset);
+        let json: Arc<str> = serde_json::to_string(&envelope).ok()?.into();
+        Some(StoredEvent {
+            offset,
+            state,
+            envelope,
+            json,
+        })
+    }
+}
+
+/// What live subscribers receive.
+#[derive(Debug, Clone)]
+pub enum Live {
+    /// A stored event.
+    Event(Arc<StoredEvent>),
+    /// A heartbeat: never stored, no id.
+    Heartbeat(Arc<Envelope>),
+}
+
+/// A stream running on this process.
+pub struct LiveStream {
+    tx: broadcast::Sender<Live>,
+    cancel: CancellationToken,
+    chunks: AtomicU64,
+    last_offset: AtomicI64,
+    started: Instant,
+}
+
+impl LiveStream {
+    /// Sends to current subscribers; having none is fine.
+    pub fn publish(&self, live: Live) {
+        if let Live::Event(e) = &live {
+            self.last_offset.store(e.offset, Ordering::Release);
+            if e.state == State::Stream {
+                self.chunks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let _ = self.tx.send(live);
+    }
+
+    /// The client-cancel switch of this stream.
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Chunks published by this process so far.
+    pub fn chunks(&self) -> u64 {
+        self.chunks.load(Ordering::Relaxed)
+    }
+
+    /// The offset of the newest published event, or -1.
+    pub fn last_offset(&self) -> i64 {
+        self.last_offset.load(Ordering::Acquire)
+    }
+
+    /// When this process started running the stream.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+}
+
+/// Handle to the hub; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    streams: Mutex<HashMap<String, Arc<LiveStream>>>,
+    registered: Notify,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Hub::default()
+    }
+
+    fn streams(&self) -> MutexGuard<'_, HashMap<String, Arc<LiveStream>>> {
+        self.inner
+            .streams
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a stream as running here; `None` if it already is.
+    pub fn register(&self, stream_id: &str) -> Option<Arc<LiveStream>> {
+        let mut map = self.streams();
+        if map.contains_key(stream_id) {
+            return None;
+        }
+        let (tx, _) = broadcast::channel(LIVE_CAPACITY);
+        let live = Arc::new(LiveStream {
+            tx,
+            cancel: CancellationToken::new(),
+            chunks: AtomicU64::new(0),
+            last_offset: AtomicI64::new(-1),
+            started: Instant::now(),
+        });
+        map.insert(stream_id.to_owned(), live.clone());
+        drop(map);
+        self.inner.registered.notify_waiters();
+        Some(live)
+    }
+
+    /// Forgets a stream; its subscribers see the channel close after the buffered events.
+    pub fn remove(&self, stream_id: &str) {
+        self.streams().remove(stream_id);
+    }
+
+    /// The running stream, if it runs here.
+    pub fn get(&self, stream_id: &str) -> Option<Arc<LiveStream>> {
+        self.streams().get(stream_id).cloned()
+    }
+
+    /// Subscribes to a stream running here.
+    pub fn subscribe(&self, stream_id: &str) -> Option<broadcast::Receiver<Live>> {
+        self.streams().get(stream_id).map(|s| s.tx.subscribe())
+    }
+
+    /// Asks a stream running here to cancel. Returns whether it runs here.
+    pub fn cancel(&self, stream_id: &str) -> bool {
+        match self.get(stream_id) {
+            Some(s) => {
+                s.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Number of streams running here.
+    pub fn active(&self) -> usize {
+        self.streams().len()
+    }
+
+    /// Waits until any stream registers, or `deadline` passes. Returns false on timeout.
+    pub async fn registration(&self, deadline: tokio::time::Instant) -> bool {
+        tokio::time::timeout_at(deadline, self.inner.registered.notified())
+            .await
+            .is_ok()
+    }
+
+    /// Waits until `stream_id` runs here, or `deadline` passes.
+    pub async fn wait_for(&self, stream_id: &str, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let notified = self.inner.registered.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.get(stream_id).is_some() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.get(stream_id).is_some();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fans_out_and_closes_on_remove() {
+        let hub = Hub::new();
+        let s = hub.register("a").unwrap();
+        assert!(hub.register("a").is_none());
+        let mut r1 = hub.subscribe("a").unwrap();
+        let mut r2 = hub.subscribe("a").unwrap();
+        let env = Envelope {
+            event_type: "demo:stream_ticks:v1:stream".into(),
+            id: None,
+            stream_id: Some("a".into()),
+            seq: Some(1),
+            payload: serde_json::json!({"n": 1}),
+            metadata: None,
+            time: None,
+        };
+        s.publish(Live::Event(Arc::new(StoredEvent::new(7, env).unwrap())));
+        for r in [&mut r1, &mut r2] {
+            match r.recv().await.unwrap() {
+                Live::Event(e) => {
+                    assert_eq!(e.offset, 7);
+                    assert!(e.json.contains("\"id\":7"));
+                }
+                Live::Heartbeat(_) => panic!("expected an event"),
+            }
+        }
+        assert_eq!(s.chunks(), 1);
+        assert!(hub.cancel("a") && s.cancel_token().is_cancelled());
+        hub.remove("a");
+        drop(s);
+        assert!(r1.recv().await.is_err());
+        assert!(!hub.cancel("a"));
+    }
+
+    #[tokio::test]
+    async fn wait_for_sees_a_later_registration() {
+        let hub = Hub::new();
+        let h2 = hub.clone();
+        let waiter = tokio::spawn(async move {
+            h2.wait_for("late", tokio::time::Instant::now() + std::time::Duration::from_secs(10)).await
+        });
+        tokio::task::yield_now().await;
+        hub.register("late").unwrap();
+        assert!(waiter.await.unwrap());
+        let missing = hub
+            .wait_for("never", tokio::time::Instant::now() + std::time::Duration::from_millis(10))
+            .await;
+        assert!(!missing);
+    }
+}

@@ -1,0 +1,282 @@
+//! Kafka storage: the one shared idempotent producer (`acks=all`), stream topic creation through
+//! the admin client, and the base client configuration every Kafka client in Sluice uses.
+//!
+//! Each stream's events live in its own single-partition topic; the offset there is the event id.
+//! This module does not decide what to write; the provider and the edge do.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use crate::event::StreamId;
+use crate::metrics::Metrics;
+use crate::settings::KafkaSettings;
+
+/// Kafka storage failures, naming the topic involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A client could not be created.
+    #[error("kafka client: {0}")]
+    Client(#[source] KafkaError),
+    /// A topic could not be created.
+    #[error("create topic {topic}: {code}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// Kafka's error code.
+        code: RDKafkaErrorCode,
+    },
+    /// An admin request failed as a whole.
+    #[error("admin request for {topic}: {source}")]
+    Admin {
+        /// The topic.
+        topic: String,
+        /// The client error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The producer's queue is full; retry after some deliveries.
+    #[error("producer queue full")]
+    QueueFull,
+    /// A message could not be delivered.
+    #[error("produce to {topic}: {source}")]
+    Produce {
+        /// The topic.
+        topic: String,
+        /// The client error.
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// Where a delivered message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The partition.
+    pub partition: i32,
+    /// The offset: the event id.
+    pub offset: i64,
+}
+
+/// The base configuration of every Kafka client: brokers plus `kafka.client_config`.
+pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &settings.brokers);
+    cfg.set("client.id", "sluice");
+    for (k, v) in &settings.client_config {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+/// The shared producer and admin client. Cheap to share behind an `Arc`.
+pub struct Journal {
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    settings: KafkaSettings,
+    metrics: Arc<Metrics>,
+}
+
+impl Journal {
+    /// Creates the idempotent producer and the admin client.
+    pub fn new(settings: &KafkaSettings, metrics: Arc<Metrics>) -> Result<Journal, Error> {
+        let mut cfg = client_config(settings);
+        cfg.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("max.in.flight.requests.per.connection", "5")
+            .set("linger.ms", settings.linger.as_millis().to_string())
+            .set("message.timeout.ms", settings.message_timeout.as_millis().to_string())
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "200000");
+        let producer: FutureProducer = cfg.create().map_err(Error::Client)?;
+        let admin: AdminClient<DefaultClientContext> =
+            client_config(settings).create().map_err(Error::Client)?;
+        Ok(Journal {
+            producer,
+            admin,
+            settings: settings.clone(),
+            metrics,
+        })
+    }
+
+    /// The topic holding a stream's events.
+    pub fn topic_for(&self, id: &StreamId) -> String {
+        format!("{}{}", self.settings.stream_topic_prefix, id)
+    }
+
+    /// Creates a stream's topic; an existing topic is success.
+    pub async fn ensure_stream_topic(&self, id: &StreamId) -> Result<(), Error> {
+        let topic = self.topic_for(id);
+        let config: Vec<(&str, &str)> = self
+            .settings
+            .stream_topic_config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let started = Instant::now();
+        let res = self
+            .create_topic(&topic, 1, self.settings.stream_topic_replication, &config)
+            .await;
+        self.metrics
+            .topic_created(&topic, started.elapsed(), res.is_ok());
+        res
+    }
+
+    /// Creates a topic with `partitions` partitions; an existing topic is success.
+    pub async fn create_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication: i32,
+        config: &[(&str, &str)],
+    ) -> Result<(), Error> {
+        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+        for (k, v) in config {
+            new = new.set(k, v);
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(self.settings.operation_timeout));
+        let results = self
+            .admin
+            .create_topics([&new], &opts)
+            .await
+            .map_err(|source| Error::Admin {
+                topic: topic.to_owned(),
+                source,
+            })?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => return Err(Error::CreateTopic { topic, code }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes topics; missing ones are ignored.
+    pub async fn delete_topics(&self, topics: &[&str]) -> Result<(), Error> {
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(self.settings.operation_timeout));
+        let results = self
+            .admin
+            .delete_topics(topics, &opts)
+            .await
+            .map_err(|source| Error::Admin {
+                topic: topics.join(","),
+                source,
+            })?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((topic, code)) => return Err(Error::CreateTopic { topic, code }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Enqueues a message now and returns a future for its acknowledgement. Messages enqueued in
+    /// order to one partition are stored in that order (the producer is idempotent).
+    pub fn enqueue(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: &[(&str, &str)],
+        topic_kind: &'static str,
+    ) -> Result<impl Future<Output = Result<Stored, Error>> + Send + 'static, Error> {
+        let mut hs = OwnedHeaders::new_with_capacity(headers.len());
+        for (k, v) in headers {
+            hs = hs.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(hs);
+        let started = Instant::now();
+        let delivery = match self.producer.send_result(record) {
+            Ok(d) => d,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                return Err(Error::QueueFull)
+            }
+            Err((source, _)) => {
+                return Err(Error::Produce {
+                    topic: topic.to_owned(),
+                    source,
+                })
+            }
+        };
+        let metrics = self.metrics.clone();
+        let topic = topic.to_owned();
+        Ok(async move {
+            let res = delivery.await;
+            metrics.produce_observed(topic_kind, started.elapsed());
+            match res {
+                Ok(Ok(d)) => Ok(Stored {
+                    partition: d.partition,
+                    offset: d.offset,
+                }),
+                Ok(Err((source, _))) => Err(Error::Produce { topic, source }),
+                Err(_) => Err(Error::Produce {
+                    topic,
+                    source: KafkaError::Canceled,
+                }),
+            }
+        })
+    }
+
+    /// Enqueues (waiting while the queue is full) and waits for the acknowledgement.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: &[(&str, &str)],
+        topic_kind: &'static str,
+    ) -> Result<Stored, Error> {
+        loop {
+            match self.enqueue(topic, key, payload, headers, topic_kind) {
+                Ok(ack) => return ack.await,
+                Err(Error::QueueFull) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for every queued message to be acknowledged.
+    pub async fn flush(self: &Arc<Self>, timeout: Duration) -> Result<(), Error> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.producer.flush(Timeout::After(timeout)))
+            .await
+            .unwrap_or(Err(KafkaError::Canceled))
+            .map_err(|source| Error::Produce {
+                topic: "*".into(),
+                source,
+            })
+    }
+
+    /// Whether the broker answers a metadata request for `topic` within `timeout`.
+    pub async fn broker_reachable(self: &Arc<Self>, topic: &str, timeout: Duration) -> bool {
+        let me = self.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            me.producer
+                .client()
+                .fetch_metadata(Some(&topic), Timeout::After(timeout))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+}

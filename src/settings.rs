@@ -1,0 +1,433 @@
+//! Configuration: `settings.toml` overridden by `SLUICE__SECTION__KEY` environment variables,
+//! loaded once and validated at start-up.
+//!
+//! Each component receives only its own section. A bad value stops start-up with an error that
+//! names the key. This module does not read configuration anywhere else at run time.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file or the environment could not be read or deserialised.
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value was read but is out of range.
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid {
+        /// The dotted key, such as `provider.max_concurrent_streams`.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// All of Sluice's settings.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// The HTTP listener.
+    pub http: HttpSettings,
+    /// Kafka connection, topics and clients.
+    pub kafka: KafkaSettings,
+    /// Request intake.
+    pub intake: IntakeSettings,
+    /// The handler runtime.
+    pub provider: ProviderSettings,
+    /// SSE, WebSocket and HTTP API behaviour.
+    pub edge: EdgeSettings,
+    /// The RocksDB stream store.
+    pub store: StoreSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownSettings,
+}
+
+/// `[shutdown]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// Time allowed for each shutdown step (streams, producer flush, store flush).
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        ShutdownSettings {
+            grace_period: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// `[kafka]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Bootstrap servers, comma separated.
+    pub brokers: String,
+    /// Prefix of each stream's topic; the stream id follows it.
+    pub stream_topic_prefix: String,
+    /// Replication factor of stream topics.
+    pub stream_topic_replication: i32,
+    /// Per-topic configuration applied when a stream topic is created.
+    pub stream_topic_config: BTreeMap<String, String>,
+    /// How long the producer waits to batch messages.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// How long the producer retries a message before giving up.
+    #[serde(with = "humantime_serde")]
+    pub message_timeout: Duration,
+    /// Timeout of admin and metadata operations.
+    #[serde(with = "humantime_serde")]
+    pub operation_timeout: Duration,
+    /// Number of pooled consumers that replay stream topics.
+    pub replay_readers: usize,
+    /// Extra librdkafka properties for every client, such as security settings.
+    pub client_config: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        let topic_config = [
+            ("cleanup.policy", "delete"),
+            ("retention.ms", "-1"),
+            ("retention.bytes", "-1"),
+            ("segment.bytes", "16777216"),
+            ("segment.index.bytes", "1048576"),
+        ];
+        KafkaSettings {
+            brokers: "127.0.0.1:9092".into(),
+            stream_topic_prefix: "sluice.stream.".into(),
+            stream_topic_replication: 1,
+            stream_topic_config: topic_config
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            linger: Duration::from_millis(1),
+            message_timeout: Duration::from_secs(300),
+            operation_timeout: Duration::from_secs(10),
+            replay_readers: 4,
+            client_config: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[intake]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IntakeSettings {
+    /// Topic that carries requested events.
+    pub topic: String,
+    /// Partitions of the intake topic when Sluice creates it.
+    pub topic_partitions: i32,
+    /// Dead-letter topic for malformed requests.
+    pub dlq_topic: String,
+    /// Consumer group of the intake consumer.
+    pub group_id: String,
+    /// Largest accepted request in bytes.
+    pub max_request_bytes: usize,
+}
+
+impl Default for IntakeSettings {
+    fn default() -> Self {
+        IntakeSettings {
+            topic: "sluice.requests".into(),
+            topic_partitions: 3,
+            dlq_topic: "sluice.requests.dlq".into(),
+            group_id: "sluice".into(),
+            max_request_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `[provider]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// Most streams running at once; intake waits when all are busy.
+    pub max_concurrent_streams: usize,
+    /// Capacity of each handler's chunk channel (backpressure).
+    pub chunk_channel_capacity: usize,
+    /// Most chunks of one stream waiting for Kafka's acknowledgement.
+    pub max_inflight_produces: usize,
+    /// Interval between heartbeats to live subscribers.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// How long one stream may run.
+    #[serde(with = "humantime_serde")]
+    pub stream_timeout: Duration,
+    /// Largest accepted chunk payload in bytes; a larger one fails the stream.
+    pub max_chunk_bytes: usize,
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        ProviderSettings {
+            max_concurrent_streams: 1024,
+            chunk_channel_capacity: 100,
+            max_inflight_produces: 256,
+            heartbeat_interval: Duration::from_secs(1),
+            stream_timeout: Duration::from_secs(30 * 60),
+            max_chunk_bytes: 512 * 1024,
+        }
+    }
+}
+
+/// `[edge]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeSettings {
+    /// How long a subscriber waits for an unknown stream to appear before 404.
+    #[serde(with = "humantime_serde")]
+    pub early_connect_wait: Duration,
+    /// How long a WebSocket waits for a stream it just requested to start.
+    #[serde(with = "humantime_serde")]
+    pub request_start_wait: Duration,
+    /// Interval of SSE keep-alive comments.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// How often a subscriber polls a stream that runs on another process.
+    #[serde(with = "humantime_serde")]
+    pub remote_poll_interval: Duration,
+    /// Most streams one WebSocket may follow at once.
+    pub max_streams_per_socket: usize,
+    /// Bearer tokens accepted on `/v1` and `/ws`; empty means no authentication.
+    pub api_tokens: Vec<String>,
+}
+
+impl Default for EdgeSettings {
+    fn default() -> Self {
+        EdgeSettings {
+            early_connect_wait: Duration::from_secs(2),
+            request_start_wait: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(15),
+            remote_poll_interval: Duration::from_millis(500),
+            max_streams_per_socket: 64,
+            api_tokens: Vec::new(),
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Directory of the RocksDB database.
+    pub path: PathBuf,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            path: PathBuf::from("data/sluice-db"),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter, overridden by `RUST_LOG`.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads `path` (if given; it must exist) and then `SLUICE__*` environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Settings, Error> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("SLUICE")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("edge.api_tokens")
+                .try_parsing(true),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks ranges and cross-field rules.
+    pub fn validate(&self) -> Result<(), Error> {
+        fn positive(key: &'static str, v: usize) -> Result<(), Error> {
+            if v == 0 {
+                return Err(Error::Invalid {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
+            }
+            Ok(())
+        }
+        fn nonzero(key: &'static str, v: Duration) -> Result<(), Error> {
+            if v.is_zero() {
+                return Err(Error::Invalid {
+                    key,
+                    reason: "must be longer than zero".into(),
+                });
+            }
+            Ok(())
+        }
+        positive("provider.max_concurrent_streams", self.provider.max_concurrent_streams)?;
+        positive("provider.chunk_channel_capacity", self.provider.chunk_channel_capacity)?;
+        positive("provider.max_inflight_produces", self.provider.max_inflight_produces)?;
+        positive("provider.max_chunk_bytes", self.provider.max_chunk_bytes)?;
+        positive("intake.max_request_bytes", self.intake.max_request_bytes)?;
+        positive("kafka.replay_readers", self.kafka.replay_readers)?;
+        positive("edge.max_streams_per_socket", self.edge.max_streams_per_socket)?;
+        nonzero("provider.heartbeat_interval", self.provider.heartbeat_interval)?;
+        nonzero("provider.stream_timeout", self.provider.stream_timeout)?;
+        nonzero("edge.keepalive_interval", self.edge.keepalive_interval)?;
+        nonzero("edge.remote_poll_interval", self.edge.remote_poll_interval)?;
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(Error::Invalid {
+                key: "kafka.brokers",
+                reason: "must name at least one broker".into(),
+            });
+        }
+        let prefix = &self.kafka.stream_topic_prefix;
+        let prefix_ok = prefix.len() + crate::event::MAX_STREAM_ID_LEN <= 249
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !prefix_ok {
+            return Err(Error::Invalid {
+                key: "kafka.stream_topic_prefix",
+                reason: "must be at most 49 characters of [A-Za-z0-9._-]".into(),
+            });
+        }
+        if self.kafka.stream_topic_replication < 1 {
+            return Err(Error::Invalid {
+                key: "kafka.stream_topic_replication",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.intake.topic_partitions < 1 {
+            return Err(Error::Invalid {
+                key: "intake.topic_partitions",
+                reason: "must be at least 1".into(),
+            });
+        }
+        for (key, topic) in [
+            ("intake.topic", &self.intake.topic),
+            ("intake.dlq_topic", &self.intake.dlq_topic),
+        ] {
+            if crate::event::StreamId::parse(topic).is_err() {
+                return Err(Error::Invalid {
+                    key,
+                    reason: format!("{topic:?} is not a valid Kafka topic name"),
+                });
+            }
+        }
+        if self.intake.group_id.is_empty() {
+            return Err(Error::Invalid {
+                key: "intake.group_id",
+                reason: "must not be empty".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The settings as JSON with secrets (API tokens, SASL passwords) redacted, for the start-up log.
+    pub fn redacted(&self) -> serde_json::Value {
+        let mut copy = self.clone();
+        copy.edge.api_tokens = copy.edge.api_tokens.iter().map(|_| "***".into()).collect();
+        for (k, v) in copy.kafka.client_config.iter_mut() {
+            if k.contains("password") || k.contains("secret") {
+                *v = "***".into();
+            }
+        }
+        serde_json::to_value(copy).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Settings::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut s = Settings::default();
+        s.provider.max_concurrent_streams = 0;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("provider.max_concurrent_streams"), "{err}");
+
+        let mut s = Settings::default();
+        s.kafka.stream_topic_prefix = "bad/prefix".into();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("kafka.stream_topic_prefix"), "{err}");
+    }
+
+    #[test]
+    fn file_values_load_and_type_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(
+            &path,
+            "[provider]\nheartbeat_interval = \"250ms\"\n[edge]\napi_tokens = [\"t\"]\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.provider.heartbeat_interval, Duration::from_millis(250));
+        assert_eq!(s.edge.api_tokens, vec!["t".to_string()]);
+        assert_eq!(s.redacted()["edge"]["api_tokens"][0], "***");
+
+        std::fs::write(&path, "[provider]\nmax_concurrent_streams = \"many\"\n").unwrap();
+        let err = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("max_concurrent_streams"), "{err}");
+    }
+}

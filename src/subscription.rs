@@ -1,0 +1,272 @@
+//! Subscriptions: one client's ordered view of a stream, replay from Kafka after a resume point
+//! followed by the live tail, with no gap and no duplicate at the switch-over.
+//!
+//! The live channel is subscribed first, then the topic's high watermark is read and everything
+//! below it replayed; live events at or below the last delivered offset are dropped. A subscriber
+//! that lags, or a stream running on another process, is served by re-reading Kafka. Transports
+//! (SSE, WebSocket) only format what this module yields.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::event::{Envelope, StreamId};
+use crate::hub::{Hub, Live, StoredEvent};
+use crate::journal::Journal;
+use crate::metrics::Metrics;
+use crate::reader::{self, Reader, Watermarks};
+use crate::settings::EdgeSettings;
+use crate::store::{self, Store};
+
+/// What a subscriber receives, in order.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// A stored event with its offset id.
+    Event(Arc<StoredEvent>),
+    /// A heartbeat from a running stream.
+    Heartbeat(Arc<Envelope>),
+    /// The resume point is older than the retained history; replay starts at `earliest`.
+    HistoryLost {
+        /// The first offset the client asked for.
+        requested: i64,
+        /// The earliest offset still retained.
+        earliest: i64,
+    },
+}
+
+/// Why a subscription could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No such stream here, in the store or in Kafka.
+    #[error("stream {0} not found")]
+    NotFound(String),
+    /// The resume point is beyond the end of the stream.
+    #[error("last event id {after} is beyond the stream's newest event ({newest})")]
+    ResumePointAhead {
+        /// The id the client sent.
+        after: i64,
+        /// The newest offset in the stream, or -1 if empty.
+        newest: i64,
+    },
+    /// Kafka could not be read.
+    #[error(transparent)]
+    Replay(#[from] reader::Error),
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// Opens subscriptions. Cheap to share behind an `Arc`.
+pub struct Subscriptions {
+    /// Live fan-out.
+    pub hub: Hub,
+    /// Stream records.
+    pub store: Store,
+    /// Replay reads.
+    pub reader: Arc<Reader>,
+    /// Topic naming.
+    pub journal: Arc<Journal>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// `[edge]` settings.
+    pub settings: EdgeSettings,
+    /// Tracks subscription tasks.
+    pub tracker: TaskTracker,
+    /// Fires at shutdown.
+    pub shutdown: CancellationToken,
+}
+
+struct Pump {
+    subs: Arc<Subscriptions>,
+    id: StreamId,
+    topic: String,
+    next: i64,
+    tx: mpsc::Sender<Delivery>,
+}
+
+/// The pump ended: the terminal event was sent, the client left, or the process is stopping.
+struct Done;
+
+impl Subscriptions {
+    /// Opens a subscription to `id` after offset `after` (all events when `None`), waiting up to
+    /// `wait` for a stream that is not registered yet.
+    pub async fn open(
+        self: &Arc<Self>,
+        id: &StreamId,
+        after: Option<i64>,
+        wait: Duration,
+    ) -> Result<mpsc::Receiver<Delivery>, Error> {
+        let mut live = self.hub.subscribe(id.as_str());
+        if live.is_none() && self.store.get(id.as_str()).await?.is_none() {
+            let deadline = tokio::time::Instant::now() + wait;
+            self.hub.wait_for(id.as_str(), deadline).await;
+            live = self.hub.subscribe(id.as_str());
+            if live.is_none() && self.store.get(id.as_str()).await?.is_none() {
+                return Err(Error::NotFound(id.to_string()));
+            }
+        }
+        let topic = self.journal.topic_for(id);
+        let marks = match self.reader.watermarks(&topic).await {
+            Ok(m) => m,
+            Err(reader::Error::UnknownTopic(_)) => Watermarks { low: 0, high: 0 },
+            Err(e) => return Err(e.into()),
+        };
+        let start = after.map_or(0, |a| a + 1);
+        if let Some(a) = after {
+            if a >= marks.high && a >= 0 {
+                return Err(Error::ResumePointAhead {
+                    after: a,
+                    newest: marks.high - 1,
+                });
+            }
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let mut pump = Pump {
+            subs: self.clone(),
+            id: id.clone(),
+            topic,
+            next: start.max(marks.low),
+            tx,
+        };
+        let lost = (start < marks.low).then_some((start, marks.low));
+        self.tracker.spawn(async move {
+            let _ = pump.run(lost, marks.high, live).await;
+        });
+        Ok(rx)
+    }
+}
+
+impl Pump {
+    async fn send(&self, d: Delivery) -> Result<(), Done> {
+        tokio::select! {
+            biased;
+            _ = self.subs.shutdown.cancelled() => Err(Done),
+            r = self.tx.send(d) => r.map_err(|_| Done),
+        }
+    }
+
+    /// Sends one event if it is the next one; returns Err(Done) after the terminal event.
+    async fn deliver(&mut self, ev: Arc<StoredEvent>) -> Result<(), Done> {
+        if ev.offset < self.next {
+            return Ok(());
+        }
+        self.next = ev.offset + 1;
+        let terminal = ev.state.is_terminal();
+        self.send(Delivery::Event(ev)).await?;
+        if terminal {
+            return Err(Done);
+        }
+        Ok(())
+    }
+
+    /// Replays `[next, until)` from Kafka.
+    async fn replay(&mut self, until: i64) -> Result<(), Done> {
+        while self.next < until {
+            let batch = match self.subs.reader.read(&self.topic, self.next, until).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(stream_id = %self.id, error = %e, "replay failed; ending subscription");
+                    return Err(Done);
+                }
+            };
+            if batch.is_empty() {
+                return Ok(());
+            }
+            self.subs.metrics.replayed(batch.len() as u64);
+            for ev in batch {
+                self.deliver(Arc::new(ev)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replays up to the current high watermark.
+    async fn catch_up(&mut self) -> Result<(), Done> {
+        match self.subs.reader.watermarks(&self.topic).await {
+            Ok(m) => self.replay(m.high).await,
+            Err(reader::Error::UnknownTopic(_)) => Ok(()),
+            Err(e) => {
+                tracing::warn!(stream_id = %self.id, error = %e, "watermarks unavailable; ending subscription");
+                Err(Done)
+            }
+        }
+    }
+
+    async fn run(
+        &mut self,
+        lost: Option<(i64, i64)>,
+        high: i64,
+        mut live: Option<broadcast::Receiver<Live>>,
+    ) -> Result<(), Done> {
+        if let Some((requested, earliest)) = lost {
+            self.send(Delivery::HistoryLost { requested, earliest }).await?;
+        }
+        self.replay(high).await?;
+        loop {
+            match live.take() {
+                Some(rx) => self.follow_live(rx).await?,
+                None => live = Some(self.poll_remote().await?),
+            }
+        }
+    }
+
+    /// Follows the local live channel until it closes.
+    async fn follow_live(&mut self, mut rx: broadcast::Receiver<Live>) -> Result<(), Done> {
+        loop {
+            let item = tokio::select! {
+                biased;
+                _ = self.subs.shutdown.cancelled() => return Err(Done),
+                _ = self.tx.closed() => return Err(Done),
+                r = rx.recv() => r,
+            };
+            match item {
+                Ok(Live::Event(ev)) => {
+                    if ev.offset > self.next {
+                        self.replay(ev.offset).await?;
+                    }
+                    self.deliver(ev).await?;
+                }
+                Ok(Live::Heartbeat(h)) => self.send(Delivery::Heartbeat(h)).await?,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!(stream_id = %self.id, skipped = n, "subscriber lagged; re-reading from Kafka");
+                    self.catch_up().await?;
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.catch_up().await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Tails a stream that does not run here by re-reading Kafka, until it runs here or ends.
+    async fn poll_remote(&mut self) -> Result<broadcast::Receiver<Live>, Done> {
+        loop {
+            if let Some(rx) = self.subs.hub.subscribe(self.id.as_str()) {
+                self.catch_up().await?;
+                return Ok(rx);
+            }
+            self.catch_up().await?;
+            let finished = match self.subs.store.get(self.id.as_str()).await {
+                Ok(Some(r)) => r.state.is_terminal(),
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if finished {
+                // The terminal event may have landed between the read and the store lookup.
+                self.catch_up().await?;
+                return Err(Done);
+            }
+            let deadline = tokio::time::Instant::now() + self.subs.settings.remote_poll_interval;
+            tokio::select! {
+                biased;
+                _ = self.subs.shutdown.cancelled() => return Err(Done),
+                _ = self.tx.closed() => return Err(Done),
+                _ = self.subs.hub.registration(deadline) => {}
+            }
+        }
+    }
+}

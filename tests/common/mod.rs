@@ -1,0 +1,258 @@
+//! Shared integration-test helpers: start the real app on port 0 against the real Kafka broker,
+//! with a temporary RocksDB directory and unique topic and group names, plus SSE and Kafka clients.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures::{Stream, StreamExt};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::Value;
+use sluice::{App, Registry, Settings};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Generous bound for anything a test waits on.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The broker under test: `SLUICE_TEST_BROKERS`, else the local script's default.
+pub fn brokers() -> String {
+    std::env::var("SLUICE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Fails the test loudly when Kafka is not reachable; integration tests never skip.
+pub fn require_kafka() {
+    let b = brokers();
+    let first = b.split(',').next().unwrap_or_default().to_owned();
+    let reachable = first
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .map(|a| TcpStream::connect_timeout(&a, Duration::from_secs(3)).is_ok())
+        .unwrap_or(false);
+    assert!(
+        reachable,
+        "Kafka is required and not reachable at {b}. Start it with `scripts/kafka.sh start` \
+         (or run `scripts/test.sh`, which does)."
+    );
+}
+
+/// A short unique name.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Settings for a test: port 0, unique topics and group, a fresh store directory.
+pub fn test_settings(dir: &std::path::Path) -> Settings {
+    let mut s = Settings::default();
+    let tag = unique("t");
+    s.http.listen = "127.0.0.1:0".parse().unwrap();
+    s.kafka.brokers = brokers();
+    s.kafka.stream_topic_prefix = format!("sluice.test.{tag}.");
+    s.intake.topic = format!("sluice.test.{tag}.requests");
+    s.intake.dlq_topic = format!("sluice.test.{tag}.dlq");
+    s.intake.group_id = format!("sluice-test-{tag}");
+    s.intake.topic_partitions = 1;
+    s.store.path = dir.join("db");
+    s.provider.heartbeat_interval = Duration::from_millis(200);
+    s.edge.early_connect_wait = Duration::from_secs(5);
+    s.shutdown.grace_period = Duration::from_secs(5);
+    s
+}
+
+/// A running Sluice.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub settings: Settings,
+    pub http: reqwest::Client,
+    stop: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts Sluice with the built-in handlers; `tweak` adjusts the settings.
+pub async fn start(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    start_with(tweak, Registry::with_builtins()).await
+}
+
+/// Starts Sluice with a custom registry.
+pub async fn start_with(tweak: impl FnOnce(&mut Settings), registry: Registry) -> TestApp {
+    require_kafka();
+    sluice::telemetry::init(&sluice::settings::LogSettings {
+        format: sluice::settings::LogFormat::Text,
+        level: "warn,sluice=info".into(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    tweak(&mut settings);
+    let app = App::build_with(settings.clone(), registry).await.expect("build app");
+    let addr = app.http_addr();
+    let stop = CancellationToken::new();
+    let s2 = stop.clone();
+    let handle = tokio::spawn(async move { app.run(s2.cancelled_owned()).await });
+    let t = TestApp {
+        addr,
+        settings,
+        http: reqwest::Client::new(),
+        stop,
+        handle,
+        dir,
+    };
+    t.wait_ready().await;
+    t
+}
+
+impl TestApp {
+    /// `http://addr/path`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Waits until `/readyz` says the intake consumer has its assignment.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let ready = self.http.get(self.url("/readyz")).send().await.map(|r| r.status().is_success()).unwrap_or(false);
+            if ready {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "app never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Produces raw bytes to the intake topic, as an external service would.
+    pub async fn produce_raw(&self, bytes: &[u8]) {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .unwrap();
+        producer
+            .send(FutureRecord::<(), [u8]>::to(&self.settings.intake.topic).payload(bytes), Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce to intake");
+    }
+
+    /// Requests a stream over HTTP and returns its id.
+    pub async fn request(&self, body: Value) -> String {
+        let resp = self.http.post(self.url("/v1/streams")).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 202, "POST /v1/streams");
+        let v: Value = resp.json().await.unwrap();
+        v["stream_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Opens an SSE subscription.
+    pub async fn sse(&self, stream_id: &str, last_event_id: Option<i64>) -> SseClient {
+        let mut req = self.http.get(self.url(&format!("/v1/streams/{stream_id}/events")));
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200, "SSE subscribe to {stream_id}");
+        SseClient {
+            inner: Box::pin(resp.bytes_stream().eventsource()),
+        }
+    }
+
+    /// Stops the app and waits for its orderly shutdown.
+    pub async fn shutdown(self) -> tempfile::TempDir {
+        self.stop.cancel();
+        tokio::time::timeout(WAIT, self.handle).await.expect("shutdown in time").unwrap().unwrap();
+        self.dir
+    }
+}
+
+/// One SSE event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<i64>,
+    pub event: String,
+    pub data: Value,
+}
+
+impl SseEvent {
+    pub fn state(&self) -> &str {
+        self.event.rsplit(':').next().unwrap_or("")
+    }
+}
+
+type EventStream = std::pin::Pin<
+    Box<dyn Stream<Item = Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>> + Send>,
+>;
+
+/// An SSE response being read.
+pub struct SseClient {
+    inner: EventStream,
+}
+
+impl SseClient {
+    /// The next event, heartbeats included; `None` when the response ends.
+    pub async fn next_any(&mut self) -> Option<SseEvent> {
+        let ev = tokio::time::timeout(WAIT, self.inner.next()).await.expect("SSE event in time")?;
+        let ev = ev.expect("valid SSE");
+        Some(SseEvent {
+            id: if ev.id.is_empty() { None } else { Some(ev.id.parse().expect("numeric id")) },
+            event: ev.event,
+            data: serde_json::from_str(&ev.data).unwrap_or(Value::Null),
+        })
+    }
+
+    /// The next stored event (heartbeats skipped).
+    pub async fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            let ev = self.next_any().await?;
+            if !ev.event.ends_with(":heartbeat") {
+                return Some(ev);
+            }
+        }
+    }
+
+    /// Every stored event until the response ends.
+    pub async fn collect(&mut self) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        while let Some(ev) = self.next_event().await {
+            out.push(ev);
+        }
+        out
+    }
+}
+
+/// Asserts a complete, well-formed stream: started, chunks 1..=n, then `terminal`, ids increasing.
+pub fn assert_complete(events: &[SseEvent], n: u64, terminal: &str) {
+    assert!(events.len() as u64 == n + 2, "expected {} events, got {}: {:?}", n + 2, events.len(), events.iter().map(|e| &e.event).collect::<Vec<_>>());
+    assert_eq!(events[0].state(), "started");
+    for (i, e) in events[1..=n as usize].iter().enumerate() {
+        assert_eq!(e.state(), "stream");
+        assert_eq!(e.data["seq"].as_u64(), Some(i as u64 + 1));
+        assert_eq!(e.data["payload"]["n"].as_u64(), Some(i as u64 + 1));
+    }
+    assert_eq!(events.last().unwrap().state(), terminal);
+    let ids: Vec<i64> = events.iter().map(|e| e.id.expect("stored events carry ids")).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids strictly increasing: {ids:?}");
+    for e in events {
+        assert_eq!(e.data["id"].as_i64(), e.id, "envelope id equals SSE id");
+    }
+}
+
+/// Reads every message of a topic from the beginning until `n` have arrived.
+pub async fn read_topic(topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::Message;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader-"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = tokio::time::timeout(WAIT, consumer.recv()).await.expect("topic message in time").unwrap();
+        out.push(m.detach());
+    }
+    out
+}

@@ -1,0 +1,199 @@
+//! End-to-end pipeline against the real broker: Kafka intake → handler → stream topic → SSE.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rdkafka::message::Headers;
+use rdkafka::Message;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_request_streams_to_sse_with_increasing_ids() {
+    let app = start(|_| {}).await;
+    let id = unique("k");
+    let req = json!({"type": "demo:stream_ticks:v1:requested", "stream_id": id,
+                     "payload": {"count": 5, "interval_ms": 20}, "metadata": {"trace": "abc"}});
+    app.produce_raw(req.to_string().as_bytes()).await;
+    let events = app.sse(&id, None).await.collect().await;
+    assert_complete(&events, 5, "success");
+    assert_eq!(events[0].event, "demo:stream_ticks:v1:started");
+    let done = &events.last().unwrap().data;
+    assert_eq!(done["payload"]["chunks"], 5);
+    assert!(done["payload"]["duration_ms"].is_u64());
+    assert_eq!(done["metadata"]["trace"], "abc");
+    assert_eq!(done["seq"], 6);
+
+    let status: serde_json::Value = app.http.get(app.url(&format!("/v1/streams/{id}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["state"], "success");
+    assert_eq!(status["chunks"], 5);
+    assert_eq!(status["last_event_id"].as_i64(), events.last().unwrap().id);
+
+    let stored = read_topic(&format!("{}{}", app.settings.kafka.stream_topic_prefix, id), 7).await;
+    let seqs: Vec<u64> = stored
+        .iter()
+        .map(|m| serde_json::from_slice::<serde_json::Value>(m.payload().unwrap()).unwrap()["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (0..=6).collect::<Vec<_>>(), "topic holds each seq once, in order");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_without_stream_id_gets_one_from_kafka_coordinates() {
+    let app = start(|_| {}).await;
+    app.produce_raw(br#"{"type":"demo:stream_ticks:v1:requested","payload":{"count":1,"interval_ms":1}}"#).await;
+    let id = format!("{}-0-0", app.settings.intake.topic);
+    let events = app.sse(&id, None).await.collect().await;
+    assert_complete(&events, 1, "success");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_reconnect_with_last_event_id_gets_exactly_the_rest() {
+    let app = start(|_| {}).await;
+    let id = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 12, "interval_ms": 30}})).await;
+    let mut first = app.sse(&id, None).await;
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        seen.push(first.next_event().await.expect("event before disconnect"));
+    }
+    drop(first);
+    let last = seen.last().unwrap().id.unwrap();
+    let rest = app.sse(&id, Some(last)).await.collect().await;
+    let mut all = seen.clone();
+    all.extend(rest.iter().cloned());
+    assert_complete(&all, 12, "success");
+    assert_eq!(rest.first().unwrap().id, Some(last + 1), "no gap after the resume point");
+
+    // After the end, a reconnect replays what follows its id and ends.
+    let mid = all[3].id.unwrap();
+    let tail = app.sse(&id, Some(mid)).await.collect().await;
+    assert_eq!(tail.len(), all.len() - 4);
+    assert_eq!(tail.first().unwrap().id, Some(mid + 1));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sse_clients_both_get_every_event() {
+    let app = start(|_| {}).await;
+    let id = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 8, "interval_ms": 25}})).await;
+    let (mut a, mut b) = (app.sse(&id, None).await, app.sse(&id, None).await);
+    let (ea, eb) = tokio::join!(a.collect(), b.collect());
+    assert_complete(&ea, 8, "success");
+    assert_complete(&eb, 8, "success");
+    let ids = |v: &[SseEvent]| v.iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(&ea), ids(&eb));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_subscribers_get_heartbeats_without_ids() {
+    let app = start(|s| s.provider.heartbeat_interval = Duration::from_millis(50)).await;
+    let id = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 3, "interval_ms": 300}})).await;
+    let mut sse = app.sse(&id, None).await;
+    let mut heartbeats = 0;
+    while let Some(ev) = sse.next_any().await {
+        if ev.event.ends_with(":heartbeat") {
+            assert_eq!(ev.id, None, "heartbeats carry no id");
+            assert!(ev.data.get("id").is_none());
+            heartbeats += 1;
+        }
+    }
+    assert!(heartbeats >= 1, "a stream running ~900ms with 50ms heartbeats sends some");
+    let stored = read_topic(&format!("{}{}", app.settings.kafka.stream_topic_prefix, id), 5).await;
+    assert!(stored.iter().all(|m| !String::from_utf8_lossy(m.payload().unwrap()).contains(":heartbeat")));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_panic_fails_the_stream_and_others_keep_running() {
+    let app = start(|_| {}).await;
+    let bad = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 5, "interval_ms": 10, "panic_at": 3}})).await;
+    let good = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 4, "interval_ms": 10}})).await;
+    let failed = app.sse(&bad, None).await.collect().await;
+    assert_complete(&failed, 2, "failed");
+    let payload = &failed.last().unwrap().data["payload"];
+    assert_eq!(payload["code"], "handler_panic");
+    assert!(payload["message"].as_str().unwrap().contains("demo panic at chunk 3"));
+    assert_complete(&app.sse(&good, None).await.collect().await, 4, "success");
+    let after = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 2, "interval_ms": 1}})).await;
+    assert_complete(&app.sse(&after, None).await.collect().await, 2, "success");
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("sluice_handler_panics_total 1"), "panic counted");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_error_and_short_timeout_end_the_stream() {
+    let app = start(|s| s.provider.stream_timeout = Duration::from_millis(400)).await;
+    let failing = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 5, "interval_ms": 10, "fail_at": 2}})).await;
+    let slow = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 1000, "interval_ms": 50}})).await;
+    let f = app.sse(&failing, None).await.collect().await;
+    assert_complete(&f, 1, "failed");
+    assert_eq!(f.last().unwrap().data["payload"]["code"], "demo_failure");
+    let t = app.sse(&slow, None).await.collect().await;
+    let last = t.last().unwrap();
+    assert_eq!(last.state(), "timeout");
+    let chunks = last.data["payload"]["chunks"].as_u64().unwrap();
+    assert!(chunks < 1000);
+    assert_complete(&t, chunks, "timeout");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_intake_goes_to_the_dlq_and_the_consumer_goes_on() {
+    let app = start(|s| s.intake.max_request_bytes = 512).await;
+    let oversized = format!(r#"{{"type":"demo:stream_ticks:v1:requested","payload":{{"pad":"{}"}}}}"#, "x".repeat(600));
+    let bad: Vec<(&[u8], &str)> = vec![
+        (b"not json at all", "malformed_json"),
+        (br#"{"payload":{}}"#, "invalid_type"),
+        (br#"{"type":"demo:stream_ticks:v1:stream"}"#, "wrong_state"),
+        (br#"{"type":"billing:charge:v1:requested"}"#, "not_streaming"),
+        (oversized.as_bytes(), "too_large"),
+    ];
+    for (bytes, _) in &bad {
+        app.produce_raw(bytes).await;
+    }
+    let id = unique("after-dlq");
+    app.produce_raw(json!({"type": "demo:stream_ticks:v1:requested", "stream_id": id, "payload": {"count": 2, "interval_ms": 1}}).to_string().as_bytes()).await;
+    assert_complete(&app.sse(&id, None).await.collect().await, 2, "success");
+
+    let dlq = read_topic(&app.settings.intake.dlq_topic, bad.len()).await;
+    for (m, (bytes, reason)) in dlq.iter().zip(&bad) {
+        assert_eq!(m.payload().unwrap(), *bytes, "original bytes kept");
+        let headers = m.headers().unwrap();
+        let got = headers.iter().find(|h| h.key == "sluice.reason").and_then(|h| h.value).unwrap();
+        assert_eq!(std::str::from_utf8(got).unwrap(), *reason);
+    }
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"sluice_intake_rejected_total{reason="malformed_json"} 1"#), "{metrics}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_handler_ends_in_failed_and_redelivery_runs_once() {
+    let app = start(|_| {}).await;
+    let id = unique("nohandler");
+    app.produce_raw(json!({"type": "media:stream_media_content:v1:requested", "stream_id": id}).to_string().as_bytes()).await;
+    let events = app.sse(&id, None).await.collect().await;
+    assert_complete(&events, 0, "failed");
+    assert_eq!(events.last().unwrap().data["payload"]["code"], "unknown_handler");
+
+    let dup = unique("dup");
+    let req = json!({"type": "demo:stream_ticks:v1:requested", "stream_id": dup, "payload": {"count": 3, "interval_ms": 1}});
+    app.produce_raw(req.to_string().as_bytes()).await;
+    app.produce_raw(req.to_string().as_bytes()).await;
+    let first = app.sse(&dup, None).await.collect().await;
+    assert_complete(&first, 3, "success");
+    // A third copy after the run ended is also ignored; a marker stream proves intake passed it.
+    app.produce_raw(req.to_string().as_bytes()).await;
+    let marker = unique("marker");
+    app.produce_raw(json!({"type": "demo:stream_ticks:v1:requested", "stream_id": marker, "payload": {"count": 1, "interval_ms": 1}}).to_string().as_bytes()).await;
+    assert_complete(&app.sse(&marker, None).await.collect().await, 1, "success");
+    let again = app.sse(&dup, None).await.collect().await;
+    assert_eq!(again.len(), first.len(), "a redelivered request never starts a second run");
+    let status: serde_json::Value = app.http.get(app.url(&format!("/v1/streams/{dup}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["attempts"], 1);
+    app.shutdown().await;
+}
