@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::provider::Provider;
 use crate::reader::Reader;
+use crate::retention::{Sweeper, TopicBudget};
 use crate::settings::Settings;
 use crate::store::Store;
 use crate::subscription::Subscriptions;
@@ -38,6 +39,7 @@ pub struct App {
     pool: Pool,
     intake: Intake,
     edge: Arc<EdgeState>,
+    sweeper: Sweeper,
     streams: TaskTracker,
     subscriptions: TaskTracker,
     stream_stop: CancellationToken,
@@ -73,8 +75,33 @@ impl App {
             registry: registry.clone(),
             settings: settings.provider.clone(),
         });
-        let pool = Pool::new(provider, streams.clone(), stream_stop.clone());
-        let intake = Intake::new(&settings.kafka, &settings.intake, journal.clone(), pool.clone(), registry.clone(), metrics.clone())?;
+        let existing = store.scan().await?.len();
+        let budget = Arc::new(TopicBudget::new(
+            settings.retention.max_stream_topics,
+            existing,
+        ));
+        metrics.stream_topics_in_use(existing);
+        let sweeper = Sweeper {
+            store: store.clone(),
+            journal: journal.clone(),
+            budget: budget.clone(),
+            metrics: metrics.clone(),
+            settings: settings.retention.clone(),
+        };
+        let pool = Pool::new(
+            provider,
+            streams.clone(),
+            stream_stop.clone(),
+            budget.clone(),
+        );
+        let intake = Intake::new(
+            &settings.kafka,
+            &settings.intake,
+            journal.clone(),
+            pool.clone(),
+            registry.clone(),
+            metrics.clone(),
+        )?;
         let subs = Arc::new(Subscriptions {
             hub: hub.clone(),
             store: store.clone(),
@@ -95,6 +122,7 @@ impl App {
             intake: settings.intake.clone(),
             edge: settings.edge.clone(),
             intake_assigned: intake.assigned_flag(),
+            budget,
         });
         let listener = TcpListener::bind(settings.http.listen)
             .await
@@ -109,6 +137,7 @@ impl App {
             pool,
             intake,
             edge,
+            sweeper,
             streams,
             subscriptions,
             stream_stop,
@@ -129,6 +158,7 @@ impl App {
         let tasks = TaskTracker::new();
         let intake_stop = CancellationToken::new();
         let intake = tasks.spawn(self.intake.run(intake_stop.clone()));
+        tasks.spawn(self.sweeper.run(intake_stop.clone()));
         let edge_stop = self.edge_stop.clone();
         let server = axum::serve(self.listener, edge::router(self.edge.clone()))
             .with_graceful_shutdown(edge_stop.clone().cancelled_owned());
@@ -173,17 +203,32 @@ impl App {
 
 async fn step(name: &str, grace: std::time::Duration, f: impl Future<Output = ()>) {
     if tokio::time::timeout(grace, f).await.is_err() {
-        tracing::warn!(step = name, grace_ms = grace.as_millis() as u64, "shutdown step timed out");
+        tracing::warn!(
+            step = name,
+            grace_ms = grace.as_millis() as u64,
+            "shutdown step timed out"
+        );
     }
 }
 
 async fn ensure_intake_topics(journal: &Journal, settings: &Settings) -> anyhow::Result<()> {
     let timeout = settings.kafka.operation_timeout;
     for topic in [&settings.intake.topic, &settings.intake.dlq_topic] {
-        let create = journal.create_topic(topic, settings.intake.topic_partitions, settings.kafka.stream_topic_replication, &[]);
+        let create = journal.create_topic(
+            topic,
+            settings.intake.topic_partitions,
+            settings.kafka.stream_topic_replication,
+            &[],
+        );
         tokio::time::timeout(timeout + std::time::Duration::from_secs(1), create)
             .await
-            .map_err(|_| anyhow::anyhow!("Kafka at {} did not answer within {:?} (kafka.brokers)", settings.kafka.brokers, timeout))?
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "Kafka at {} did not answer within {:?} (kafka.brokers)",
+                    settings.kafka.brokers,
+                    timeout
+                )
+            })?
             .with_context(|| format!("create topic {topic} on {}", settings.kafka.brokers))?;
     }
     Ok(())

@@ -63,7 +63,10 @@ impl StreamHandler for Ticks {
                 ticker.tick().await;
             }
             if p.fail_at == Some(n) {
-                return Err(HandlerError::new("demo_failure", format!("failed at chunk {n} as requested")));
+                return Err(HandlerError::new(
+                    "demo_failure",
+                    format!("failed at chunk {n} as requested"),
+                ));
             }
             if p.panic_at == Some(n) {
                 panic!("demo panic at chunk {n}");
@@ -100,7 +103,13 @@ mod tests {
             payload,
             metadata: None,
         };
-        let ctx = StreamContext::new(StreamId::random(), Arc::new(req), resume, tx, CancellationToken::new());
+        let ctx = StreamContext::new(
+            StreamId::random(),
+            Arc::new(req),
+            resume,
+            tx,
+            CancellationToken::new(),
+        );
         let res = Ticks.run(ctx).await;
         let mut out = Vec::new();
         while let Ok(o) = rx.try_recv() {
@@ -120,7 +129,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn emits_count_ticks_with_checkpoints() {
-        let (res, out) = run(json!({"count": 3, "interval_ms": 1000, "checkpoint_every": 2}), None).await;
+        let (res, out) = run(
+            json!({"count": 3, "interval_ms": 1000, "checkpoint_every": 2}),
+            None,
+        )
+        .await;
         res.unwrap();
         assert_eq!(chunk_ns(&out), vec![1, 2, 3]);
         let cps: Vec<_> = out
@@ -135,7 +148,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn resumes_after_cursor_and_fails_on_request() {
-        let (res, out) = run(json!({"count": 5, "interval_ms": 10}), Some(json!({"n": 3}))).await;
+        let (res, out) = run(
+            json!({"count": 5, "interval_ms": 10}),
+            Some(json!({"n": 3})),
+        )
+        .await;
         res.unwrap();
         assert_eq!(chunk_ns(&out), vec![4, 5]);
         let (res, out) = run(json!({"count": 5, "interval_ms": 10, "fail_at": 2}), None).await;

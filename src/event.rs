@@ -229,8 +229,7 @@ impl StreamId {
             && s.len() <= MAX_STREAM_ID_LEN
             && s != "."
             && s != ".."
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if ok {
             Ok(StreamId(s.to_owned()))
@@ -348,7 +347,11 @@ pub struct Request {
     #[serde(rename = "type", with = "type_string")]
     pub event_type: EventType,
     /// The client-chosen idempotency key, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_stream_id")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_stream_id"
+    )]
     pub stream_id: Option<StreamId>,
     /// Handler input.
     #[serde(default)]
@@ -473,7 +476,10 @@ mod tests {
             "room:presence:v1:stream",
         ];
         for s in yes {
-            assert!(EventType::parse(s).unwrap().matches_streaming_pattern(), "{s}");
+            assert!(
+                EventType::parse(s).unwrap().matches_streaming_pattern(),
+                "{s}"
+            );
         }
         let no = EventType::parse("billing:charge:v1:requested").unwrap();
         assert!(!no.matches_streaming_pattern());
@@ -505,7 +511,10 @@ mod tests {
             (br#"{"payload":{}}"#, "invalid_type"),
             (br#"{"type":"nope"}"#, "invalid_type"),
             (br#"{"type":"a:stream_b:v1:stream"}"#, "wrong_state"),
-            (br#"{"type":"a:stream_b:v1:requested","stream_id":"a/b"}"#, "invalid_stream_id"),
+            (
+                br#"{"type":"a:stream_b:v1:requested","stream_id":"a/b"}"#,
+                "invalid_stream_id",
+            ),
         ];
         for (bytes, reason) in cases {
             assert_eq!(Request::parse(bytes, 1024).unwrap_err().reason(), reason);

@@ -82,7 +82,10 @@ impl StreamContext {
 
     /// Emits one chunk. Waits while the bounded channel is full (backpressure).
     pub async fn emit(&self, payload: Value) -> Result<(), Closed> {
-        self.tx.send(Output::Chunk(payload)).await.map_err(|_| Closed)
+        self.tx
+            .send(Output::Chunk(payload))
+            .await
+            .map_err(|_| Closed)
     }
 
     /// Records a cursor that covers every chunk emitted so far; a resumed run starts from it.
@@ -194,7 +197,11 @@ mod tests {
         );
         let ctx = StreamContext::new(StreamId::random(), req, None, tx, CancellationToken::new());
         ctx.emit(Value::from(1)).await.unwrap();
-        let blocked = tokio::time::timeout(std::time::Duration::from_millis(20), ctx.emit(Value::from(2))).await;
+        let blocked = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            ctx.emit(Value::from(2)),
+        )
+        .await;
         assert!(blocked.is_err(), "a full channel must block emit");
         assert!(matches!(rx.recv().await, Some(Output::Chunk(v)) if v == 1));
         drop(rx);

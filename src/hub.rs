@@ -239,13 +239,20 @@ mod tests {
         let hub = Hub::new();
         let h2 = hub.clone();
         let waiter = tokio::spawn(async move {
-            h2.wait_for("late", tokio::time::Instant::now() + std::time::Duration::from_secs(10)).await
+            h2.wait_for(
+                "late",
+                tokio::time::Instant::now() + std::time::Duration::from_secs(10),
+            )
+            .await
         });
         tokio::task::yield_now().await;
         hub.register("late").unwrap();
         assert!(waiter.await.unwrap());
         let missing = hub
-            .wait_for("never", tokio::time::Instant::now() + std::time::Duration::from_millis(10))
+            .wait_for(
+                "never",
+                tokio::time::Instant::now() + std::time::Duration::from_millis(10),
+            )
             .await;
         assert!(!missing);
     }

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::statistics::Statistics;
@@ -158,10 +160,14 @@ impl Intake {
             }
         }
         let consumer = self.consumer.clone();
-        let committed = tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync)).await;
+        let committed =
+            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
+                .await;
         match committed {
             Ok(Ok(())) => tracing::info!("intake offsets committed"),
-            Ok(Err(e)) => tracing::info!(error = %e, "intake offsets not committed (nothing new, or broker unavailable)"),
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "intake offsets not committed (nothing new, or broker unavailable)")
+            }
             Err(e) => tracing::warn!(error = %e, "intake commit task failed"),
         }
         self.consumer.unsubscribe();
@@ -172,10 +178,17 @@ impl Intake {
         let bytes = m.payload().unwrap_or_default();
         let request = match Request::parse(bytes, self.settings.max_request_bytes) {
             Ok(r) => r,
-            Err(e) => return self.dead_letter(m, e.reason(), &e.to_string(), cancel).await,
+            Err(e) => {
+                return self
+                    .dead_letter(m, e.reason(), &e.to_string(), cancel)
+                    .await
+            }
         };
         if !self.registry.is_streaming(&request.event_type) {
-            let detail = format!("{} is not a streaming type and has no handler", request.event_type);
+            let detail = format!(
+                "{} is not a streaming type and has no handler",
+                request.event_type
+            );
             return self.dead_letter(m, "not_streaming", &detail, cancel).await;
         }
         let stream_id = request
@@ -191,7 +204,14 @@ impl Intake {
                     return true;
                 }
                 Ok(Admission::ShuttingDown) => return false,
-                Err(e) => tracing::error!(stream_id = %stream_id, error = %e, "stream not registered; retrying"),
+                Ok(Admission::AtCapacity) => {
+                    let detail =
+                        format!("stream {stream_id} refused: retention.max_stream_topics reached");
+                    return self.dead_letter(m, "at_capacity", &detail, cancel).await;
+                }
+                Err(e) => {
+                    tracing::error!(stream_id = %stream_id, error = %e, "stream not registered; retrying")
+                }
             }
             tokio::select! {
                 _ = cancel.cancelled() => return false,
@@ -202,9 +222,19 @@ impl Intake {
     }
 
     /// Writes a malformed message to the DLQ with its reason; retries until stored or shut down.
-    async fn dead_letter(&self, m: &BorrowedMessage<'_>, reason: &str, detail: &str, cancel: &CancellationToken) -> bool {
-        self.metrics.intake_rejected(reason, m.partition(), m.offset(), detail);
-        let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+    async fn dead_letter(
+        &self,
+        m: &BorrowedMessage<'_>,
+        reason: &str,
+        detail: &str,
+        cancel: &CancellationToken,
+    ) -> bool {
+        self.metrics
+            .intake_rejected(reason, m.partition(), m.offset(), detail);
+        let key = m
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
         let source = format!("{}/{}/{}", m.topic(), m.partition(), m.offset());
         let original_type = m
             .headers()
@@ -221,7 +251,11 @@ impl Intake {
         let payload = m.payload().unwrap_or_default();
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.journal.produce(&self.settings.dlq_topic, &key, payload, &headers, "dlq").await {
+            match self
+                .journal
+                .produce(&self.settings.dlq_topic, &key, payload, &headers, "dlq")
+                .await
+            {
                 Ok(_) => return true,
                 Err(e) => tracing::error!(error = %e, "DLQ write failed; retrying"),
             }

@@ -93,7 +93,10 @@ impl Journal {
             .set("acks", "all")
             .set("max.in.flight.requests.per.connection", "5")
             .set("linger.ms", settings.linger.as_millis().to_string())
-            .set("message.timeout.ms", settings.message_timeout.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                settings.message_timeout.as_millis().to_string(),
+            )
             .set("compression.type", "lz4")
             .set("queue.buffering.max.messages", "200000");
         let producer: FutureProducer = cfg.create().map_err(Error::Client)?;

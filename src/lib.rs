@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod pool;
 pub mod provider;
 pub mod reader;
+pub mod retention;
 pub mod settings;
 pub mod store;
 pub mod subscription;

@@ -44,6 +44,10 @@ pub mod names {
     pub const REPLAYED_EVENTS: &str = "sluice_replayed_events_total";
     /// Streams resumed after a restart.
     pub const STREAMS_RESUMED: &str = "sluice_streams_resumed_total";
+    /// Stream topics in use against the cap.
+    pub const STREAM_TOPICS: &str = "sluice_stream_topics";
+    /// Finished streams deleted by retention.
+    pub const STREAMS_SWEPT: &str = "sluice_streams_swept_total";
 }
 
 /// All of Sluice's metrics, registered in one registry. Cheap to share behind an `Arc`.
@@ -65,6 +69,8 @@ pub struct Metrics {
     edge_rejected: IntCounterVec,
     replayed_events: IntCounter,
     streams_resumed: IntCounterVec,
+    stream_topics: IntGauge,
+    streams_swept: IntCounter,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -100,8 +106,13 @@ impl Metrics {
                 &["service", "action", "outcome"],
             )?,
             stream_duration: HistogramVec::new(
-                HistogramOpts::new(names::STREAM_DURATION, "Stream run time from start to terminal event.")
-                    .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0]),
+                HistogramOpts::new(
+                    names::STREAM_DURATION,
+                    "Stream run time from start to terminal event.",
+                )
+                .buckets(vec![
+                    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0,
+                ]),
                 &["service", "action", "outcome"],
             )?,
             stream_chunks: counter_vec(
@@ -124,17 +135,26 @@ impl Metrics {
                 "Messages behind on the intake topic, summed over assigned partitions.",
             )?,
             produce_duration: HistogramVec::new(
-                HistogramOpts::new(names::PRODUCE_DURATION, "Time from produce to broker acknowledgement.")
-                    .buckets(latency_buckets()),
+                HistogramOpts::new(
+                    names::PRODUCE_DURATION,
+                    "Time from produce to broker acknowledgement.",
+                )
+                .buckets(latency_buckets()),
                 &["topic_kind"],
             )?,
             topic_create_duration: HistogramVec::new(
-                HistogramOpts::new(names::TOPIC_CREATE_DURATION, "Time to create a stream topic.")
-                    .buckets(latency_buckets()),
+                HistogramOpts::new(
+                    names::TOPIC_CREATE_DURATION,
+                    "Time to create a stream topic.",
+                )
+                .buckets(latency_buckets()),
                 &["result"],
             )?,
             edge_connections: IntGaugeVec::new(
-                Opts::new(names::EDGE_CONNECTIONS, "Open edge connections by transport."),
+                Opts::new(
+                    names::EDGE_CONNECTIONS,
+                    "Open edge connections by transport.",
+                ),
                 &["transport"],
             )?,
             edge_events_sent: counter_vec(
@@ -156,6 +176,14 @@ impl Metrics {
                 "Streams resumed after a restart.",
                 &["service", "action"],
             )?,
+            stream_topics: IntGauge::new(
+                names::STREAM_TOPICS,
+                "Stream topics in use (counted against retention.max_stream_topics).",
+            )?,
+            streams_swept: IntCounter::new(
+                names::STREAMS_SWEPT,
+                "Finished streams whose topic and record retention deleted.",
+            )?,
             registry: registry.clone(),
         };
         reg(Box::new(build_info))?;
@@ -174,6 +202,8 @@ impl Metrics {
         reg(Box::new(m.edge_rejected.clone()))?;
         reg(Box::new(m.replayed_events.clone()))?;
         reg(Box::new(m.streams_resumed.clone()))?;
+        reg(Box::new(m.stream_topics.clone()))?;
+        reg(Box::new(m.streams_swept.clone()))?;
         for t in ["sse", "ws"] {
             m.edge_connections.with_label_values(&[t]).set(0);
             m.edge_events_sent.with_label_values(&[t]).inc_by(0);
@@ -192,10 +222,21 @@ impl Metrics {
     }
 
     /// A stream's handler is about to run.
-    pub fn stream_started(&self, service: &str, action: &str, stream_id: &str, event_type: &str, attempt: u32) {
+    pub fn stream_started(
+        &self,
+        service: &str,
+        action: &str,
+        stream_id: &str,
+        event_type: &str,
+        attempt: u32,
+    ) {
         tracing::info!(stream_id, event_type, attempt, "Processing streaming event");
-        self.streams_started.with_label_values(&[service, action]).inc();
-        self.streams_active.with_label_values(&[service, action]).inc();
+        self.streams_started
+            .with_label_values(&[service, action])
+            .inc();
+        self.streams_active
+            .with_label_values(&[service, action])
+            .inc();
     }
 
     /// A stream reached its terminal event.
@@ -212,11 +253,27 @@ impl Metrics {
     ) {
         let duration_ms = duration.as_millis() as u64;
         if outcome == "success" {
-            tracing::info!(stream_id, action, stream_count = chunks, duration_ms, "Event processing succeeded");
+            tracing::info!(
+                stream_id,
+                action,
+                stream_count = chunks,
+                duration_ms,
+                "Event processing succeeded"
+            );
         } else {
-            tracing::warn!(stream_id, action, stream_count = chunks, duration_ms, outcome, detail, "Event processing ended without success");
+            tracing::warn!(
+                stream_id,
+                action,
+                stream_count = chunks,
+                duration_ms,
+                outcome,
+                detail,
+                "Event processing ended without success"
+            );
         }
-        self.streams_finished.with_label_values(&[service, action, outcome]).inc();
+        self.streams_finished
+            .with_label_values(&[service, action, outcome])
+            .inc();
         self.stream_duration
             .with_label_values(&[service, action, outcome])
             .observe(duration.as_secs_f64());
@@ -224,12 +281,16 @@ impl Metrics {
 
     /// A started stream stopped running on this process (finished or handed over at shutdown).
     pub fn stream_inactive(&self, service: &str, action: &str) {
-        self.streams_active.with_label_values(&[service, action]).dec();
+        self.streams_active
+            .with_label_values(&[service, action])
+            .dec();
     }
 
     /// A chunk was durably stored.
     pub fn chunk_stored(&self, service: &str, action: &str) {
-        self.stream_chunks.with_label_values(&[service, action]).inc();
+        self.stream_chunks
+            .with_label_values(&[service, action])
+            .inc();
     }
 
     /// A handler panicked; the panic became a `failed` event.
@@ -240,7 +301,13 @@ impl Metrics {
 
     /// An intake message was dead-lettered.
     pub fn intake_rejected(&self, reason: &str, partition: i32, offset: i64, detail: &str) {
-        tracing::warn!(reason, partition, offset, detail, "intake message rejected to the DLQ");
+        tracing::warn!(
+            reason,
+            partition,
+            offset,
+            detail,
+            "intake message rejected to the DLQ"
+        );
         self.intake_rejected.with_label_values(&[reason]).inc();
     }
 
@@ -253,7 +320,12 @@ impl Metrics {
 
     /// A stream topic creation finished.
     pub fn topic_created(&self, topic: &str, elapsed: Duration, ok: bool) {
-        tracing::debug!(topic, elapsed_ms = elapsed.as_millis() as u64, ok, "stream topic create");
+        tracing::debug!(
+            topic,
+            elapsed_ms = elapsed.as_millis() as u64,
+            ok,
+            "stream topic create"
+        );
         self.topic_create_duration
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .observe(elapsed.as_secs_f64());
@@ -268,7 +340,9 @@ impl Metrics {
 
     /// `n` events were sent to an edge client.
     pub fn edge_sent(&self, transport: &'static str, n: u64) {
-        self.edge_events_sent.with_label_values(&[transport]).inc_by(n);
+        self.edge_events_sent
+            .with_label_values(&[transport])
+            .inc_by(n);
     }
 
     /// An edge request or frame was refused.
@@ -285,7 +359,30 @@ impl Metrics {
     /// A stream was resumed after a restart.
     pub fn stream_resumed(&self, service: &str, action: &str, stream_id: &str, attempt: u32) {
         tracing::info!(stream_id, attempt, "resuming interrupted stream");
-        self.streams_resumed.with_label_values(&[service, action]).inc();
+        self.streams_resumed
+            .with_label_values(&[service, action])
+            .inc();
+    }
+}
+
+impl Metrics {
+    /// A retention sweep finished.
+    pub fn streams_swept(&self, swept: usize, tombstones_purged: usize, topics_in_use: usize) {
+        if swept > 0 || tombstones_purged > 0 {
+            tracing::info!(
+                swept,
+                tombstones_purged,
+                topics_in_use,
+                "retention sweep deleted finished streams"
+            );
+        }
+        self.streams_swept.inc_by(swept as u64);
+        self.stream_topics.set(topics_in_use as i64);
+    }
+
+    /// The number of stream topics in use changed.
+    pub fn stream_topics_in_use(&self, n: usize) {
+        self.stream_topics.set(n as i64);
     }
 }
 
@@ -307,9 +404,23 @@ mod tests {
     #[test]
     fn renders_every_family_with_bounded_labels() {
         let m = Metrics::new().unwrap();
-        m.stream_started("demo", "stream_ticks", "s1", "demo:stream_ticks:v1:requested", 1);
+        m.stream_started(
+            "demo",
+            "stream_ticks",
+            "s1",
+            "demo:stream_ticks:v1:requested",
+            1,
+        );
         m.chunk_stored("demo", "stream_ticks");
-        m.stream_finished("demo", "stream_ticks", "s1", "success", 1, Duration::from_millis(5), None);
+        m.stream_finished(
+            "demo",
+            "stream_ticks",
+            "s1",
+            "success",
+            1,
+            Duration::from_millis(5),
+            None,
+        );
         m.intake_rejected("malformed_json", 0, 1, "x");
         {
             let _g = m.edge_connected("sse");

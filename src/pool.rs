@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::event::{Request, StreamId};
 use crate::provider::Provider;
+use crate::retention::TopicBudget;
 use crate::store::{self, Durability, StreamRecord};
 
 /// What `admit` did with a request.
@@ -24,6 +25,8 @@ pub enum Admission {
     Duplicate,
     /// The process is shutting down; the request was not registered.
     ShuttingDown,
+    /// `retention.max_stream_topics` stream topics exist; the request was refused.
+    AtCapacity,
 }
 
 /// The pool. Cheap to clone.
@@ -33,17 +36,24 @@ pub struct Pool {
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    budget: Arc<TopicBudget>,
 }
 
 impl Pool {
     /// A pool running at most `provider.settings.max_concurrent_streams` streams.
-    pub fn new(provider: Arc<Provider>, tracker: TaskTracker, shutdown: CancellationToken) -> Pool {
+    pub fn new(
+        provider: Arc<Provider>,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+        budget: Arc<TopicBudget>,
+    ) -> Pool {
         let permits = Arc::new(Semaphore::new(provider.settings.max_concurrent_streams));
         Pool {
             provider,
             permits,
             tracker,
             shutdown,
+            budget,
         }
     }
 
@@ -56,7 +66,11 @@ impl Pool {
     }
 
     /// Registers and launches a stream unless it already exists. Waits while the pool is full.
-    pub async fn admit(&self, stream_id: &StreamId, request: Request) -> Result<Admission, store::Error> {
+    pub async fn admit(
+        &self,
+        stream_id: &StreamId,
+        request: Request,
+    ) -> Result<Admission, store::Error> {
         let Some(permit) = self.permit().await else {
             return Ok(Admission::ShuttingDown);
         };
@@ -64,19 +78,30 @@ impl Pool {
         if p.store.get(stream_id.as_str()).await?.is_some() {
             return Ok(Admission::Duplicate);
         }
+        if !self.budget.try_take() {
+            return Ok(Admission::AtCapacity);
+        }
         let Some(live) = p.hub.register(stream_id.as_str()) else {
+            self.budget.release(1);
             return Ok(Admission::Duplicate);
         };
         let record = StreamRecord::new(stream_id.as_str(), request);
         if let Err(e) = p.store.put(&record, Durability::Sync).await {
             p.hub.remove(stream_id.as_str());
+            self.budget.release(1);
             return Err(e);
         }
+        p.metrics.stream_topics_in_use(self.budget.used());
         self.launch(permit, record, live);
         Ok(Admission::Started)
     }
 
-    fn launch(&self, permit: OwnedSemaphorePermit, record: StreamRecord, live: Arc<crate::hub::LiveStream>) {
+    fn launch(
+        &self,
+        permit: OwnedSemaphorePermit,
+        record: StreamRecord,
+        live: Arc<crate::hub::LiveStream>,
+    ) {
         let provider = self.provider.clone();
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
@@ -95,11 +120,18 @@ impl Pool {
                 Ok(_) => continue,
                 Err(e) => {
                     tracing::error!(stream_id = id, error = %e, code = "corrupt_record", "stream record cannot be resumed");
+                    if let Err(e) = self.provider.fail_unreadable(&id).await {
+                        tracing::error!(stream_id = id, error = %e, "could not end the stream with a failed event");
+                    }
                     continue;
                 }
             };
-            let Some(permit) = self.permit().await else { break };
-            let Some(live) = self.provider.hub.register(&id) else { continue };
+            let Some(permit) = self.permit().await else {
+                break;
+            };
+            let Some(live) = self.provider.hub.register(&id) else {
+                continue;
+            };
             self.launch(permit, rec, live);
             resumed += 1;
         }

@@ -83,10 +83,18 @@ fn panic_message(err: tokio::task::JoinError) -> String {
 
 impl Provider {
     /// Runs a registered stream until it ends or `shutdown` fires, then unregisters it.
-    pub async fn run(self: Arc<Self>, record: StreamRecord, live: Arc<LiveStream>, shutdown: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        record: StreamRecord,
+        live: Arc<LiveStream>,
+        shutdown: CancellationToken,
+    ) {
         let id = record.stream_id.clone();
         let Ok(stream_id) = StreamId::parse(&id) else {
-            tracing::error!(stream_id = id, "refusing to run a stream with an invalid id");
+            tracing::error!(
+                stream_id = id,
+                "refusing to run a stream with an invalid id"
+            );
             self.hub.remove(&id);
             return;
         };
@@ -107,6 +115,58 @@ impl Provider {
     }
 }
 
+impl Provider {
+    /// Ends a stream whose record cannot be decoded: appends `failed` with code `corrupt_record`
+    /// after the last event in its topic, unless that event is already terminal.
+    pub async fn fail_unreadable(&self, id: &str) -> anyhow::Result<()> {
+        let stream_id = StreamId::parse(id)?;
+        let topic = self.journal.topic_for(&stream_id);
+        let marks = match self.reader.watermarks(&topic).await {
+            Ok(m) => m,
+            Err(crate::reader::Error::UnknownTopic(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if marks.high <= marks.low {
+            return Ok(());
+        }
+        let Some(last) = self
+            .reader
+            .read(&topic, marks.high - 1, marks.high)
+            .await?
+            .pop()
+        else {
+            return Ok(());
+        };
+        if last.state.is_terminal() {
+            return Ok(());
+        }
+        let event_type = EventType::parse(&last.envelope.event_type)?;
+        let env = Envelope {
+            event_type: event_type.with_state(State::Failed).to_string(),
+            id: None,
+            stream_id: Some(id.to_owned()),
+            seq: Some(last.envelope.seq.unwrap_or(0) + 1),
+            payload: json!({"code": "corrupt_record", "message": "the stream's checkpoint record could not be decoded"}),
+            metadata: last.envelope.metadata.clone(),
+            time: Some(chrono::Utc::now()),
+        };
+        let bytes = serde_json::to_vec(&env)?;
+        self.journal
+            .produce(&topic, id, &bytes, &[("type", &env.event_type)], "stream")
+            .await?;
+        self.metrics.stream_finished(
+            event_type.service(),
+            event_type.action(),
+            id,
+            "failed",
+            last.envelope.seq.unwrap_or(0),
+            Duration::ZERO,
+            Some("corrupt_record"),
+        );
+        Ok(())
+    }
+}
+
 impl Run<'_> {
     fn envelope(&self, state: State, seq: u64, payload: Value) -> Envelope {
         Envelope {
@@ -121,18 +181,27 @@ impl Run<'_> {
     }
 
     fn chunks(&self) -> u64 {
-        self.record.next_seq.saturating_sub(1)
+        let written = self.skip_through.map_or(0, |s| s + 1);
+        self.record.next_seq.max(written).saturating_sub(1)
     }
 
     async fn execute(&mut self, shutdown: &CancellationToken) {
-        let (service, action) = (self.requested.service().to_owned(), self.requested.action().to_owned());
+        let (service, action) = (
+            self.requested.service().to_owned(),
+            self.requested.action().to_owned(),
+        );
         if !self.create_topic(shutdown).await {
             return;
         }
         self.record.attempts += 1;
         self.record.state = StreamState::Running;
         if self.record.next_seq > 0 {
-            self.p.metrics.stream_resumed(&service, &action, self.id.as_str(), self.record.attempts);
+            self.p.metrics.stream_resumed(
+                &service,
+                &action,
+                self.id.as_str(),
+                self.record.attempts,
+            );
             match self.prepare_resume().await {
                 Ok(true) => {}
                 Ok(false) => return,
@@ -143,10 +212,27 @@ impl Run<'_> {
             }
         }
         self.persist(Durability::Buffered).await;
-        self.p.metrics.stream_started(&service, &action, self.id.as_str(), &self.record.request.event_type.to_string(), self.record.attempts);
-        let end = if self.record.next_seq == 0 {
+        self.p.metrics.stream_started(
+            &service,
+            &action,
+            self.id.as_str(),
+            &self.record.request.event_type.to_string(),
+            self.record.attempts,
+        );
+        let end = if self.record.attempts > self.p.settings.max_attempts {
+            Some(End::Failed(HandlerError::new(
+                "resume_exhausted",
+                format!(
+                    "stream did not finish in {} attempts",
+                    self.p.settings.max_attempts
+                ),
+            )))
+        } else if self.record.next_seq == 0 {
             let attempt = self.record.attempts;
-            match self.write(State::Started, json!({"attempt": attempt})).await {
+            match self
+                .write(State::Started, json!({"attempt": attempt}))
+                .await
+            {
                 Ok(()) => self.drain().await.err().map(End::Storage),
                 Err(e) => Some(End::Storage(e)),
             }
@@ -162,7 +248,7 @@ impl Run<'_> {
     }
 
     /// Creates the stream topic, retrying with backoff while Kafka is unavailable.
-    async fn create_topic(&self, shutdown: &CancellationToken) -> bool {
+    async fn create_topic(&mut self, shutdown: &CancellationToken) -> bool {
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.p.journal.ensure_stream_topic(&self.id).await {
@@ -183,7 +269,11 @@ impl Run<'_> {
     async fn prepare_resume(&mut self) -> Result<bool, crate::reader::Error> {
         let marks = self.p.reader.watermarks(&self.topic).await?;
         let last = if marks.high > marks.low {
-            self.p.reader.read(&self.topic, marks.high - 1, marks.high).await?.pop()
+            self.p
+                .reader
+                .read(&self.topic, marks.high - 1, marks.high)
+                .await?
+                .pop()
         } else {
             None
         };
@@ -225,7 +315,9 @@ impl Run<'_> {
         );
         let mut tasks = JoinSet::new();
         tasks.spawn(async move { handler.run(ctx).await });
-        let elapsed = (chrono::Utc::now() - self.record.created_at).to_std().unwrap_or_default();
+        let elapsed = (chrono::Utc::now() - self.record.created_at)
+            .to_std()
+            .unwrap_or_default();
         let deadline = tokio::time::sleep(self.p.settings.stream_timeout.saturating_sub(elapsed));
         tokio::pin!(deadline);
         let mut heartbeat = tokio::time::interval(self.p.settings.heartbeat_interval);
@@ -279,14 +371,21 @@ impl Run<'_> {
     }
 
     async fn chunk(&mut self, payload: Value) -> Result<(), End> {
-        let size = serde_json::to_vec(&payload).map(|b| b.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(&payload)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
         if size > self.p.settings.max_chunk_bytes {
             return Err(End::Failed(HandlerError::new(
                 "chunk_too_large",
-                format!("chunk of {size} bytes exceeds provider.max_chunk_bytes ({})", self.p.settings.max_chunk_bytes),
+                format!(
+                    "chunk of {size} bytes exceeds provider.max_chunk_bytes ({})",
+                    self.p.settings.max_chunk_bytes
+                ),
             )));
         }
-        self.write(State::Stream, payload).await.map_err(End::Storage)
+        self.write(State::Stream, payload)
+            .await
+            .map_err(End::Storage)
     }
 
     fn heartbeat(&self) {
@@ -300,18 +399,30 @@ impl Run<'_> {
 
     /// Assigns the next `seq` and enqueues the event; skips chunks a previous run already stored.
     async fn write(&mut self, state: State, payload: Value) -> Result<(), journal::Error> {
-        let seq = self.record.next_seq;
-        self.record.next_seq += 1;
-        if state == State::Stream && self.skip_through.is_some_and(|s| seq <= s) {
-            return Ok(());
+        let mut seq = self.record.next_seq;
+        if let Some(stored) = self.skip_through.filter(|s| seq <= *s) {
+            if state == State::Stream {
+                self.record.next_seq += 1;
+                return Ok(());
+            }
+            // Never reuse a seq the topic already holds, even if a resumed handler emitted fewer chunks.
+            seq = stored + 1;
         }
+        self.record.next_seq = seq + 1;
         let env = self.envelope(state, seq, payload);
         let bytes = serde_json::to_vec(&env).unwrap_or_default();
         let event_type = env.event_type.clone();
         loop {
-            match self.p.journal.enqueue(&self.topic, self.id.as_str(), &bytes, &[("type", &event_type)], "stream") {
+            match self.p.journal.enqueue(
+                &self.topic,
+                self.id.as_str(),
+                &bytes,
+                &[("type", &event_type)],
+                "stream",
+            ) {
                 Ok(ack) => {
-                    self.inflight.push_back(ack.map(move |r| (seq, state, env, r)).boxed());
+                    self.inflight
+                        .push_back(ack.map(move |r| (seq, state, env, r)).boxed());
                     return Ok(());
                 }
                 Err(journal::Error::QueueFull) => match self.inflight.next().await {
@@ -323,14 +434,19 @@ impl Run<'_> {
         }
     }
 
-    async fn on_ack(&mut self, (seq, state, env, res): (u64, State, Envelope, Result<Stored, journal::Error>)) -> Result<(), journal::Error> {
+    async fn on_ack(
+        &mut self,
+        (seq, state, env, res): (u64, State, Envelope, Result<Stored, journal::Error>),
+    ) -> Result<(), journal::Error> {
         let stored = res?;
         self.record.last_offset = Some(stored.offset);
         if let Some(ev) = StoredEvent::new(stored.offset, env) {
             self.live.publish(Live::Event(Arc::new(ev)));
         }
         if state == State::Stream {
-            self.p.metrics.chunk_stored(self.requested.service(), self.requested.action());
+            self.p
+                .metrics
+                .chunk_stored(self.requested.service(), self.requested.action());
         }
         let mut latest = None;
         while self.checkpoints.front().is_some_and(|(s, _)| *s <= seq) {
@@ -355,7 +471,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    async fn persist(&self, durability: Durability) {
+    async fn persist(&mut self, durability: Durability) {
         if let Err(e) = self.p.store.put(&self.record, durability).await {
             tracing::error!(stream_id = %self.id, error = %e, "stream record not written");
         }
@@ -367,19 +483,42 @@ impl Run<'_> {
         let chunks = self.chunks();
         let duration = self.started.elapsed();
         let duration_ms = duration.as_millis() as u64;
-        let (state, payload) = match (&end, drained) {
-            (End::Shutdown, _) => {
-                self.persist(Durability::Sync).await;
-                tracing::info!(stream_id = %self.id, stream_count = chunks, "stream handed over at shutdown; it resumes on next start");
-                return;
-            }
-            (End::Storage(e), _) | (_, Err(e)) => (State::Failed, json!({"code": "storage_unavailable", "message": e.to_string(), "chunks": chunks})),
-            (End::HandlerDone, Ok(())) => (State::Success, json!({"chunks": chunks, "duration_ms": duration_ms})),
-            (End::Failed(h), Ok(())) => (State::Failed, json!({"code": h.code, "message": h.message, "chunks": chunks})),
-            (End::Timeout, Ok(())) => (State::Timeout, json!({"timeout_ms": self.p.settings.stream_timeout.as_millis() as u64, "chunks": chunks})),
-            (End::Cancelled, Ok(())) => (State::Cancelled, json!({"reason": "client", "chunks": chunks})),
+        if matches!(end, End::Shutdown) {
+            self.persist(Durability::Sync).await;
+            tracing::info!(stream_id = %self.id, stream_count = chunks, "stream handed over at shutdown; it resumes on next start");
+            return;
+        }
+        let storage_error = match (&end, drained) {
+            (End::Storage(e), _) => Some(e.to_string()),
+            (_, Err(e)) => Some(e.to_string()),
+            _ => None,
         };
-        let detail = payload.get("code").and_then(Value::as_str).map(str::to_owned);
+        let (state, payload) = match (&end, storage_error) {
+            (_, Some(e)) => (
+                State::Failed,
+                json!({"code": "storage_unavailable", "message": e, "chunks": chunks}),
+            ),
+            (End::Shutdown | End::Storage(_), None) | (End::HandlerDone, None) => (
+                State::Success,
+                json!({"chunks": chunks, "duration_ms": duration_ms}),
+            ),
+            (End::Failed(h), None) => (
+                State::Failed,
+                json!({"code": h.code, "message": h.message, "chunks": chunks}),
+            ),
+            (End::Timeout, None) => (
+                State::Timeout,
+                json!({"timeout_ms": self.p.settings.stream_timeout.as_millis() as u64, "chunks": chunks}),
+            ),
+            (End::Cancelled, None) => (
+                State::Cancelled,
+                json!({"reason": "client", "chunks": chunks}),
+            ),
+        };
+        let detail = payload
+            .get("code")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let written = match self.write(state, payload).await {
             Ok(()) => self.drain().await,
             Err(e) => Err(e),

@@ -68,9 +68,11 @@ pub const BATCH: usize = 2000;
 
 fn map_err(topic: &str, source: KafkaError) -> Error {
     match source.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::UnknownTopicOrPartition) | Some(RDKafkaErrorCode::UnknownTopic) => {
-            Error::UnknownTopic(topic.to_owned())
-        }
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::UnknownPartition,
+        ) => Error::UnknownTopic(topic.to_owned()),
         _ => Error::Read {
             topic: topic.to_owned(),
             source,
@@ -114,8 +116,44 @@ impl Reader {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(c);
     }
 
-    /// The topic's retained offset range.
+    /// The topic's retained offset range. When the client's metadata cache does not know the topic
+    /// (it may have been created moments ago), a metadata request for it refreshes the cache; a
+    /// topic the broker does not have is `UnknownTopic`.
     pub async fn watermarks(&self, topic: &str) -> Result<Watermarks, Error> {
+        let mut delay = Duration::from_millis(20);
+        for _ in 0..5 {
+            match self.query_watermarks(topic).await {
+                Err(Error::UnknownTopic(_)) => {
+                    if !self.topic_exists(topic).await? {
+                        return Err(Error::UnknownTopic(topic.to_owned()));
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                other => return other,
+            }
+        }
+        self.query_watermarks(topic).await
+    }
+
+    /// Asks the broker whether `topic` exists, refreshing the client's metadata cache.
+    async fn topic_exists(&self, topic: &str) -> Result<bool, Error> {
+        let md = self.metadata.clone();
+        let t = topic.to_owned();
+        let timeout = self.settings.operation_timeout;
+        let res = tokio::task::spawn_blocking(move || {
+            md.fetch_metadata(Some(&t), timeout).map(|m| {
+                m.topics()
+                    .iter()
+                    .any(|mt| mt.name() == t && mt.error().is_none() && !mt.partitions().is_empty())
+            })
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled));
+        res.map_err(|e| map_err(topic, e))
+    }
+
+    async fn query_watermarks(&self, topic: &str) -> Result<Watermarks, Error> {
         let md = self.metadata.clone();
         let t = topic.to_owned();
         let timeout = self.settings.operation_timeout;
@@ -127,7 +165,12 @@ impl Reader {
     }
 
     /// Reads events with offsets in `[from, until)`, at most [`BATCH`] of them.
-    pub async fn read(&self, topic: &str, from: i64, until: i64) -> Result<Vec<StoredEvent>, Error> {
+    pub async fn read(
+        &self,
+        topic: &str,
+        from: i64,
+        until: i64,
+    ) -> Result<Vec<StoredEvent>, Error> {
         if from >= until {
             return Ok(Vec::new());
         }
@@ -177,7 +220,11 @@ impl Reader {
                 .and_then(|env| StoredEvent::new(msg.offset(), env));
             match parsed {
                 Some(ev) => out.push(ev),
-                None => tracing::warn!(topic, offset = msg.offset(), "skipping undecodable stream event"),
+                None => tracing::warn!(
+                    topic,
+                    offset = msg.offset(),
+                    "skipping undecodable stream event"
+                ),
             }
         }
         Ok(out)

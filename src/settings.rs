@@ -47,6 +47,39 @@ pub struct Settings {
     pub log: LogSettings,
     /// Graceful shutdown.
     pub shutdown: ShutdownSettings,
+    /// Retention of finished streams and the cap on live stream topics.
+    pub retention: RetentionSettings,
+}
+
+/// `[retention]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// How long a finished stream's topic and record are kept.
+    #[serde(with = "humantime_serde")]
+    pub stream_retention: Duration,
+    /// How long the "gone" marker of a deleted stream is kept (410 instead of 404).
+    #[serde(with = "humantime_serde")]
+    pub tombstone_retention: Duration,
+    /// How often the sweeper looks for expired streams.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// Most stream topics that may exist at once; new streams are refused at the cap.
+    pub max_stream_topics: usize,
+    /// Most topics deleted in one admin request.
+    pub delete_batch: usize,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            stream_retention: Duration::from_secs(24 * 3600),
+            tombstone_retention: Duration::from_secs(7 * 24 * 3600),
+            sweep_interval: Duration::from_secs(60),
+            max_stream_topics: 20_000,
+            delete_batch: 100,
+        }
+    }
 }
 
 /// `[shutdown]`
@@ -181,6 +214,8 @@ pub struct ProviderSettings {
     pub stream_timeout: Duration,
     /// Largest accepted chunk payload in bytes; a larger one fails the stream.
     pub max_chunk_bytes: usize,
+    /// Most handler runs of one stream (first run plus resumes); past it the stream fails.
+    pub max_attempts: u32,
 }
 
 impl Default for ProviderSettings {
@@ -192,6 +227,7 @@ impl Default for ProviderSettings {
             heartbeat_interval: Duration::from_secs(1),
             stream_timeout: Duration::from_secs(30 * 60),
             max_chunk_bytes: 512 * 1024,
+            max_attempts: 5,
         }
     }
 }
@@ -317,14 +353,30 @@ impl Settings {
             }
             Ok(())
         }
-        positive("provider.max_concurrent_streams", self.provider.max_concurrent_streams)?;
-        positive("provider.chunk_channel_capacity", self.provider.chunk_channel_capacity)?;
-        positive("provider.max_inflight_produces", self.provider.max_inflight_produces)?;
+        positive(
+            "provider.max_concurrent_streams",
+            self.provider.max_concurrent_streams,
+        )?;
+        positive(
+            "provider.chunk_channel_capacity",
+            self.provider.chunk_channel_capacity,
+        )?;
+        positive(
+            "provider.max_inflight_produces",
+            self.provider.max_inflight_produces,
+        )?;
         positive("provider.max_chunk_bytes", self.provider.max_chunk_bytes)?;
+        positive("provider.max_attempts", self.provider.max_attempts as usize)?;
         positive("intake.max_request_bytes", self.intake.max_request_bytes)?;
         positive("kafka.replay_readers", self.kafka.replay_readers)?;
-        positive("edge.max_streams_per_socket", self.edge.max_streams_per_socket)?;
-        nonzero("provider.heartbeat_interval", self.provider.heartbeat_interval)?;
+        positive(
+            "edge.max_streams_per_socket",
+            self.edge.max_streams_per_socket,
+        )?;
+        nonzero(
+            "provider.heartbeat_interval",
+            self.provider.heartbeat_interval,
+        )?;
         nonzero("provider.stream_timeout", self.provider.stream_timeout)?;
         nonzero("edge.keepalive_interval", self.edge.keepalive_interval)?;
         nonzero("edge.remote_poll_interval", self.edge.remote_poll_interval)?;

@@ -18,6 +18,7 @@ use serde_json::Value;
 use crate::event::Request;
 
 const STREAM_PREFIX: &str = "stream/";
+const GONE_PREFIX: &str = "gone/";
 
 /// Store failures, naming the stream where there is one.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +225,53 @@ impl Store {
         .await
     }
 
+    /// Replaces the records of deleted streams with "gone" markers, in one synced batch.
+    pub async fn bury(&self, stream_ids: Vec<String>) -> Result<(), Error> {
+        self.blocking(move |db| {
+            let now = Utc::now().to_rfc3339();
+            let mut batch = rocksdb::WriteBatch::default();
+            for id in &stream_ids {
+                batch.delete(key(id));
+                batch.put(format!("{GONE_PREFIX}{id}"), now.as_bytes());
+            }
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            db.write_opt(batch, &wo)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Whether a stream was deleted by retention.
+    pub async fn is_gone(&self, stream_id: &str) -> Result<bool, Error> {
+        let k = format!("{GONE_PREFIX}{stream_id}");
+        self.blocking(move |db| Ok(db.get_pinned(k)?.is_some()))
+            .await
+    }
+
+    /// Removes "gone" markers written before `cutoff`. Returns how many were removed.
+    pub async fn purge_gone(&self, cutoff: DateTime<Utc>) -> Result<usize, Error> {
+        self.blocking(move |db| {
+            let mut batch = rocksdb::WriteBatch::default();
+            for item in db.prefix_iterator(GONE_PREFIX.as_bytes()) {
+                let (k, v) = item?;
+                if !k.starts_with(GONE_PREFIX.as_bytes()) {
+                    break;
+                }
+                let at = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+                if at.is_none_or(|t| t < cutoff) {
+                    batch.delete(k);
+                }
+            }
+            let n = batch.len();
+            db.write(batch)?;
+            Ok(n)
+        })
+        .await
+    }
+
     /// Flushes memtables and the WAL to disk.
     pub async fn flush(&self) -> Result<(), Error> {
         self.blocking(|db| {
@@ -240,7 +288,11 @@ mod tests {
     use super::*;
 
     fn request() -> Request {
-        Request::parse(br#"{"type":"demo:stream_ticks:v1:requested","payload":{"count":2}}"#, 1024).unwrap()
+        Request::parse(
+            br#"{"type":"demo:stream_ticks:v1:requested","payload":{"count":2}}"#,
+            1024,
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -253,13 +305,22 @@ mod tests {
             rec.state = StreamState::Running;
             rec.cursor = Some(serde_json::json!({"n": 1}));
             store.put(&rec, Durability::Sync).await.unwrap();
-            store.put(&StreamRecord::new("b", request()), Durability::Buffered).await.unwrap();
+            store
+                .put(&StreamRecord::new("b", request()), Durability::Buffered)
+                .await
+                .unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         let a = store.get("a").await.unwrap().unwrap();
         assert_eq!(a.state, StreamState::Running);
         assert_eq!(a.cursor, Some(serde_json::json!({"n": 1})));
-        let ids: Vec<_> = store.scan().await.unwrap().into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<_> = store
+            .scan()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         assert_eq!(ids, vec!["a", "b"]);
         store.delete("a").await.unwrap();
         assert!(store.get("a").await.unwrap().is_none());
@@ -270,7 +331,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.db.put(key("bad"), b"{not json").unwrap();
-        store.put(&StreamRecord::new("good", request()), Durability::Sync).await.unwrap();
+        store
+            .put(&StreamRecord::new("good", request()), Durability::Sync)
+            .await
+            .unwrap();
         let err = store.get("bad").await.unwrap_err();
         assert!(matches!(err, Error::Corrupt { ref stream_id, .. } if stream_id == "bad"));
         let scanned = store.scan().await.unwrap();

@@ -43,6 +43,9 @@ pub enum Error {
     /// No such stream here, in the store or in Kafka.
     #[error("stream {0} not found")]
     NotFound(String),
+    /// The stream ended and retention deleted it.
+    #[error("stream {0} ended and its retention expired")]
+    Gone(String),
     /// The resume point is beyond the end of the stream.
     #[error("last event id {after} is beyond the stream's newest event ({newest})")]
     ResumePointAhead {
@@ -100,20 +103,19 @@ impl Subscriptions {
         wait: Duration,
     ) -> Result<mpsc::Receiver<Delivery>, Error> {
         let mut live = self.hub.subscribe(id.as_str());
-        if live.is_none() && self.store.get(id.as_str()).await?.is_none() {
+        if live.is_none() && !self.known(id).await? {
             let deadline = tokio::time::Instant::now() + wait;
             self.hub.wait_for(id.as_str(), deadline).await;
             live = self.hub.subscribe(id.as_str());
-            if live.is_none() && self.store.get(id.as_str()).await?.is_none() {
+            if live.is_none() && !self.known(id).await? {
+                if self.store.is_gone(id.as_str()).await? {
+                    return Err(Error::Gone(id.to_string()));
+                }
                 return Err(Error::NotFound(id.to_string()));
             }
         }
         let topic = self.journal.topic_for(id);
-        let marks = match self.reader.watermarks(&topic).await {
-            Ok(m) => m,
-            Err(reader::Error::UnknownTopic(_)) => Watermarks { low: 0, high: 0 },
-            Err(e) => return Err(e.into()),
-        };
+        let marks = self.resume_range(id, &topic, live.is_some()).await?;
         let start = after.map_or(0, |a| a + 1);
         if let Some(a) = after {
             if a >= marks.high && a >= 0 {
@@ -136,6 +138,40 @@ impl Subscriptions {
             let _ = pump.run(lost, marks.high, live).await;
         });
         Ok(rx)
+    }
+}
+
+impl Subscriptions {
+    /// Whether the store knows the stream (an undecodable record still counts: its topic is readable).
+    async fn known(&self, id: &StreamId) -> Result<bool, Error> {
+        match self.store.get(id.as_str()).await {
+            Ok(r) => Ok(r.is_some()),
+            Err(store::Error::Corrupt { .. }) => Ok(true),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The offsets to replay below. For a stream running here the hub knows the newest offset
+    /// exactly (read after subscribing, so nothing falls between); otherwise Kafka is asked.
+    async fn resume_range(
+        &self,
+        id: &StreamId,
+        topic: &str,
+        live: bool,
+    ) -> Result<Watermarks, Error> {
+        // Stream topics keep their whole history while the stream runs (retention is Sluice's
+        // sweeper, after the end), so a running stream's range starts at 0.
+        if let Some(s) = self.hub.get(id.as_str()).filter(|_| live) {
+            return Ok(Watermarks {
+                low: 0,
+                high: s.last_offset() + 1,
+            });
+        }
+        match self.reader.watermarks(topic).await {
+            Ok(m) => Ok(m),
+            Err(reader::Error::UnknownTopic(_)) => Ok(Watermarks { low: 0, high: 0 }),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -202,7 +238,11 @@ impl Pump {
         mut live: Option<broadcast::Receiver<Live>>,
     ) -> Result<(), Done> {
         if let Some((requested, earliest)) = lost {
-            self.send(Delivery::HistoryLost { requested, earliest }).await?;
+            self.send(Delivery::HistoryLost {
+                requested,
+                earliest,
+            })
+            .await?;
         }
         self.replay(high).await?;
         loop {

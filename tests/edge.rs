@@ -8,10 +8,13 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn ws_connect(app: &TestApp) -> Ws {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr)).await.expect("ws connect");
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr))
+        .await
+        .expect("ws connect");
     ws
 }
 
@@ -21,7 +24,11 @@ async fn send(ws: &mut Ws, v: Value) {
 
 async fn recv(ws: &mut Ws) -> Value {
     loop {
-        let msg = tokio::time::timeout(WAIT, ws.next()).await.expect("ws frame in time").expect("socket open").unwrap();
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("ws frame in time")
+            .expect("socket open")
+            .unwrap();
         if let Message::Text(t) = msg {
             let v: Value = serde_json::from_str(&t).unwrap();
             if !v["type"].as_str().unwrap_or("").ends_with(":heartbeat") {
@@ -50,14 +57,28 @@ async fn websocket_request_streams_events_and_cancel_produces_cancelled() {
         }
     }
     let types: Vec<&str> = frames.iter().map(|f| f["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["demo:stream_ticks:v1:started", "demo:stream_ticks:v1:stream", "demo:stream_ticks:v1:stream", "demo:stream_ticks:v1:stream", "demo:stream_ticks:v1:success"]);
+    assert_eq!(
+        types,
+        [
+            "demo:stream_ticks:v1:started",
+            "demo:stream_ticks:v1:stream",
+            "demo:stream_ticks:v1:stream",
+            "demo:stream_ticks:v1:stream",
+            "demo:stream_ticks:v1:success"
+        ]
+    );
     let seqs: Vec<u64> = frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [0, 1, 2, 3, 4]);
-    assert!(frames.windows(2).all(|w| w[0]["id"].as_i64() < w[1]["id"].as_i64()));
+    assert!(frames
+        .windows(2)
+        .all(|w| w[0]["id"].as_i64() < w[1]["id"].as_i64()));
 
     // A long stream on the same socket, cancelled once it has started.
     send(&mut ws, json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 10000, "interval_ms": 20}})).await;
-    let long = recv(&mut ws).await["stream_id"].as_str().unwrap().to_owned();
+    let long = recv(&mut ws).await["stream_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let started = recv(&mut ws).await;
     assert_eq!(started["type"], "demo:stream_ticks:v1:started");
     send(&mut ws, json!({"type": "cancel", "stream_id": long})).await;
@@ -78,9 +99,18 @@ async fn websocket_request_streams_events_and_cancel_produces_cancelled() {
     assert_eq!(last["stream_id"], long.as_str());
 
     // Resume over the socket: subscribe after the started event replays the rest, ending in cancelled.
-    send(&mut ws, json!({"type": "subscribe", "stream_id": long, "last_event_id": started["id"]})).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "stream_id": long, "last_event_id": started["id"]}),
+    )
+    .await;
     let first = recv(&mut ws).await;
-    assert_eq!(first["id"].as_i64(), Some(started["id"].as_i64().unwrap() + 1));
+    assert_eq!(first["stream_id"], long.as_str(), "{first}");
+    assert_eq!(
+        first["id"].as_i64(),
+        Some(started["id"].as_i64().unwrap() + 1),
+        "{first}"
+    );
     app.shutdown().await;
 }
 
@@ -93,10 +123,22 @@ async fn websocket_bad_frames_get_error_frames_and_the_socket_stays_open() {
         ("[1,2]", "malformed_json"),
         (r#"{"type":"nope"}"#, "invalid_type"),
         (r#"{"type":"demo:stream_ticks:v1:success"}"#, "wrong_state"),
-        (r#"{"type":"billing:charge:v1:requested"}"#, "unknown_handler"),
-        (r#"{"type":"subscribe","stream_id":"bad/id"}"#, "invalid_stream_id"),
-        (r#"{"type":"subscribe","stream_id":"ok","last_event_id":"x"}"#, "invalid_last_event_id"),
-        (r#"{"type":"cancel","stream_id":"missing-stream"}"#, "not_found"),
+        (
+            r#"{"type":"billing:charge:v1:requested"}"#,
+            "unknown_handler",
+        ),
+        (
+            r#"{"type":"subscribe","stream_id":"bad/id"}"#,
+            "invalid_stream_id",
+        ),
+        (
+            r#"{"type":"subscribe","stream_id":"ok","last_event_id":"x"}"#,
+            "invalid_last_event_id",
+        ),
+        (
+            r#"{"type":"cancel","stream_id":"missing-stream"}"#,
+            "not_found",
+        ),
     ];
     for (frame, code) in cases {
         ws.send(Message::Text(frame.into())).await.unwrap();
@@ -118,12 +160,23 @@ async fn http_api_statuses() {
     let r = post("{oops".into()).await.unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(code(r.json().await.unwrap()), "malformed_json");
-    let r = post(json!({"type": "a:b:v1:requested"}).to_string()).await.unwrap();
+    let r = post(json!({"type": "a:b:v1:requested"}).to_string())
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422);
     assert_eq!(code(r.json().await.unwrap()), "unknown_handler");
-    let r = post(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"pad": "x".repeat(400)}}).to_string()).await.unwrap();
+    let r = post(
+        json!({"type": "demo:stream_ticks:v1:requested", "payload": {"pad": "x".repeat(400)}})
+            .to_string(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 413);
-    let r = post(json!({"type": "demo:stream_ticks:v1:requested", "stream_id": "no/slash"}).to_string()).await.unwrap();
+    let r = post(
+        json!({"type": "demo:stream_ticks:v1:requested", "stream_id": "no/slash"}).to_string(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(code(r.json().await.unwrap()), "invalid_stream_id");
 
@@ -136,22 +189,60 @@ async fn http_api_statuses() {
     let events = app.sse(&id, None).await.collect().await;
     assert_complete(&events, 2, "success");
     let r = post(body.to_string()).await.unwrap();
-    assert_eq!(r.status(), 200, "same idempotency key returns the existing stream");
+    assert_eq!(
+        r.status(),
+        200,
+        "same idempotency key returns the existing stream"
+    );
 
-    let r = app.http.delete(app.url(&format!("/v1/streams/{id}"))).send().await.unwrap();
+    let r = app
+        .http
+        .delete(app.url(&format!("/v1/streams/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
-    let r = app.http.get(app.url("/v1/streams/unknown-stream")).send().await.unwrap();
+    let r = app
+        .http
+        .get(app.url("/v1/streams/unknown-stream"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    let r = app.http.get(app.url("/v1/streams/unknown-stream/events")).send().await.unwrap();
+    let r = app
+        .http
+        .get(app.url("/v1/streams/unknown-stream/events"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(code(r.json().await.unwrap()), "not_found");
-    let bad_id = app.http.get(app.url(&format!("/v1/streams/{id}/events"))).header("Last-Event-ID", "abc").send().await.unwrap();
+    let bad_id = app
+        .http
+        .get(app.url(&format!("/v1/streams/{id}/events")))
+        .header("Last-Event-ID", "abc")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad_id.status(), 400);
-    let ahead = app.http.get(app.url(&format!("/v1/streams/{id}/events?last_event_id=999999"))).send().await.unwrap();
+    let ahead = app
+        .http
+        .get(app.url(&format!("/v1/streams/{id}/events?last_event_id=999999")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ahead.status(), 400);
     assert_eq!(code(ahead.json().await.unwrap()), "last_event_id_ahead");
 
-    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains(r#"sluice_edge_rejected_total{reason="unknown_handler"} 1"#));
     assert!(metrics.contains(r#"sluice_edge_rejected_total{reason="too_large"} 1"#));
     app.shutdown().await;
@@ -161,16 +252,58 @@ async fn http_api_statuses() {
 async fn api_tokens_guard_the_stream_endpoints() {
     let app = start(|s| s.edge.api_tokens = vec!["s3cret".into()]).await;
     let body = json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 1, "interval_ms": 1}});
-    let r = app.http.post(app.url("/v1/streams")).json(&body).send().await.unwrap();
+    let r = app
+        .http
+        .post(app.url("/v1/streams"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = app.http.post(app.url("/v1/streams")).bearer_auth("wrong").json(&body).send().await.unwrap();
+    let r = app
+        .http
+        .post(app.url("/v1/streams"))
+        .bearer_auth("wrong")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = app.http.post(app.url("/v1/streams")).bearer_auth("s3cret").json(&body).send().await.unwrap();
+    let r = app
+        .http
+        .post(app.url("/v1/streams"))
+        .bearer_auth("s3cret")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().await.unwrap()["stream_id"].as_str().unwrap().to_owned();
-    let r = app.http.get(app.url(&format!("/v1/streams/{id}/events?access_token=s3cret"))).send().await.unwrap();
+    let id = r.json::<Value>().await.unwrap()["stream_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app
+        .http
+        .get(app.url(&format!("/v1/streams/{id}/events?access_token=s3cret")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr)).await.is_err(), "ws without token refused");
-    assert_eq!(app.http.get(app.url("/healthz")).send().await.unwrap().status(), 200, "health stays open");
+    assert!(
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr))
+            .await
+            .is_err(),
+        "ws without token refused"
+    );
+    assert_eq!(
+        app.http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "health stays open"
+    );
     app.shutdown().await;
 }

@@ -25,24 +25,47 @@ async fn kafka_request_streams_to_sse_with_increasing_ids() {
     assert_eq!(done["metadata"]["trace"], "abc");
     assert_eq!(done["seq"], 6);
 
-    let status: serde_json::Value = app.http.get(app.url(&format!("/v1/streams/{id}"))).send().await.unwrap().json().await.unwrap();
+    let status: serde_json::Value = app
+        .http
+        .get(app.url(&format!("/v1/streams/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(status["state"], "success");
     assert_eq!(status["chunks"], 5);
     assert_eq!(status["last_event_id"].as_i64(), events.last().unwrap().id);
 
-    let stored = read_topic(&format!("{}{}", app.settings.kafka.stream_topic_prefix, id), 7).await;
+    let stored = read_topic(
+        &format!("{}{}", app.settings.kafka.stream_topic_prefix, id),
+        7,
+    )
+    .await;
     let seqs: Vec<u64> = stored
         .iter()
-        .map(|m| serde_json::from_slice::<serde_json::Value>(m.payload().unwrap()).unwrap()["seq"].as_u64().unwrap())
+        .map(|m| {
+            serde_json::from_slice::<serde_json::Value>(m.payload().unwrap()).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
-    assert_eq!(seqs, (0..=6).collect::<Vec<_>>(), "topic holds each seq once, in order");
+    assert_eq!(
+        seqs,
+        (0..=6).collect::<Vec<_>>(),
+        "topic holds each seq once, in order"
+    );
     app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_without_stream_id_gets_one_from_kafka_coordinates() {
     let app = start(|_| {}).await;
-    app.produce_raw(br#"{"type":"demo:stream_ticks:v1:requested","payload":{"count":1,"interval_ms":1}}"#).await;
+    app.produce_raw(
+        br#"{"type":"demo:stream_ticks:v1:requested","payload":{"count":1,"interval_ms":1}}"#,
+    )
+    .await;
     let id = format!("{}-0-0", app.settings.intake.topic);
     let events = app.sse(&id, None).await.collect().await;
     assert_complete(&events, 1, "success");
@@ -64,7 +87,11 @@ async fn sse_reconnect_with_last_event_id_gets_exactly_the_rest() {
     let mut all = seen.clone();
     all.extend(rest.iter().cloned());
     assert_complete(&all, 12, "success");
-    assert_eq!(rest.first().unwrap().id, Some(last + 1), "no gap after the resume point");
+    assert_eq!(
+        rest.first().unwrap().id,
+        Some(last + 1),
+        "no gap after the resume point"
+    );
 
     // After the end, a reconnect replays what follows its id and ends.
     let mid = all[3].id.unwrap();
@@ -91,18 +118,55 @@ async fn two_sse_clients_both_get_every_event() {
 async fn live_subscribers_get_heartbeats_without_ids() {
     let app = start(|s| s.provider.heartbeat_interval = Duration::from_millis(50)).await;
     let id = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 3, "interval_ms": 300}})).await;
-    let mut sse = app.sse(&id, None).await;
-    let mut heartbeats = 0;
-    while let Some(ev) = sse.next_any().await {
-        if ev.event.ends_with(":heartbeat") {
-            assert_eq!(ev.id, None, "heartbeats carry no id");
-            assert!(ev.data.get("id").is_none());
-            heartbeats += 1;
-        }
+    // Raw frames: an SSE client library carries the last id forward, so look at the wire itself.
+    let body = app
+        .http
+        .get(app.url(&format!("/v1/streams/{id}/events")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let frames: Vec<&str> = body
+        .split("\n\n")
+        .filter(|f| f.contains("event:"))
+        .collect();
+    let heartbeats: Vec<&&str> = frames
+        .iter()
+        .filter(|f| f.contains(":heartbeat\n"))
+        .collect();
+    assert!(
+        !heartbeats.is_empty(),
+        "a stream running ~900ms with 50ms heartbeats sends some: {body}"
+    );
+    for hb in &heartbeats {
+        assert!(
+            !hb.lines().any(|l| l.starts_with("id:")),
+            "heartbeat frame carries no id: {hb}"
+        );
+        assert!(
+            !hb.contains("\"id\":"),
+            "heartbeat envelope carries no id: {hb}"
+        );
     }
-    assert!(heartbeats >= 1, "a stream running ~900ms with 50ms heartbeats sends some");
-    let stored = read_topic(&format!("{}{}", app.settings.kafka.stream_topic_prefix, id), 5).await;
-    assert!(stored.iter().all(|m| !String::from_utf8_lossy(m.payload().unwrap()).contains(":heartbeat")));
+    let stored_frames = frames
+        .iter()
+        .filter(|f| !f.contains(":heartbeat\n"))
+        .count();
+    assert_eq!(stored_frames, 5, "started, 3 chunks, success");
+    assert!(frames
+        .iter()
+        .filter(|f| !f.contains(":heartbeat\n"))
+        .all(|f| f.lines().any(|l| l.starts_with("id:"))));
+    let stored = read_topic(
+        &format!("{}{}", app.settings.kafka.stream_topic_prefix, id),
+        5,
+    )
+    .await;
+    assert!(stored
+        .iter()
+        .all(|m| !String::from_utf8_lossy(m.payload().unwrap()).contains(":heartbeat")));
     app.shutdown().await;
 }
 
@@ -115,12 +179,26 @@ async fn handler_panic_fails_the_stream_and_others_keep_running() {
     assert_complete(&failed, 2, "failed");
     let payload = &failed.last().unwrap().data["payload"];
     assert_eq!(payload["code"], "handler_panic");
-    assert!(payload["message"].as_str().unwrap().contains("demo panic at chunk 3"));
+    assert!(payload["message"]
+        .as_str()
+        .unwrap()
+        .contains("demo panic at chunk 3"));
     assert_complete(&app.sse(&good, None).await.collect().await, 4, "success");
     let after = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 2, "interval_ms": 1}})).await;
     assert_complete(&app.sse(&after, None).await.collect().await, 2, "success");
-    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("sluice_handler_panics_total 1"), "panic counted");
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sluice_handler_panics_total 1"),
+        "panic counted"
+    );
     app.shutdown().await;
 }
 
@@ -144,12 +222,18 @@ async fn handler_error_and_short_timeout_end_the_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_intake_goes_to_the_dlq_and_the_consumer_goes_on() {
     let app = start(|s| s.intake.max_request_bytes = 512).await;
-    let oversized = format!(r#"{{"type":"demo:stream_ticks:v1:requested","payload":{{"pad":"{}"}}}}"#, "x".repeat(600));
+    let oversized = format!(
+        r#"{{"type":"demo:stream_ticks:v1:requested","payload":{{"pad":"{}"}}}}"#,
+        "x".repeat(600)
+    );
     let bad: Vec<(&[u8], &str)> = vec![
         (b"not json at all", "malformed_json"),
         (br#"{"payload":{}}"#, "invalid_type"),
         (br#"{"type":"demo:stream_ticks:v1:stream"}"#, "wrong_state"),
-        (br#"{"type":"billing:charge:v1:requested"}"#, "not_streaming"),
+        (
+            br#"{"type":"billing:charge:v1:requested"}"#,
+            "not_streaming",
+        ),
         (oversized.as_bytes(), "too_large"),
     ];
     for (bytes, _) in &bad {
@@ -163,11 +247,26 @@ async fn malformed_intake_goes_to_the_dlq_and_the_consumer_goes_on() {
     for (m, (bytes, reason)) in dlq.iter().zip(&bad) {
         assert_eq!(m.payload().unwrap(), *bytes, "original bytes kept");
         let headers = m.headers().unwrap();
-        let got = headers.iter().find(|h| h.key == "sluice.reason").and_then(|h| h.value).unwrap();
+        let got = headers
+            .iter()
+            .find(|h| h.key == "sluice.reason")
+            .and_then(|h| h.value)
+            .unwrap();
         assert_eq!(std::str::from_utf8(got).unwrap(), *reason);
     }
-    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(r#"sluice_intake_rejected_total{reason="malformed_json"} 1"#), "{metrics}");
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"sluice_intake_rejected_total{reason="malformed_json"} 1"#),
+        "{metrics}"
+    );
     app.shutdown().await;
 }
 
@@ -175,10 +274,18 @@ async fn malformed_intake_goes_to_the_dlq_and_the_consumer_goes_on() {
 async fn unknown_handler_ends_in_failed_and_redelivery_runs_once() {
     let app = start(|_| {}).await;
     let id = unique("nohandler");
-    app.produce_raw(json!({"type": "media:stream_media_content:v1:requested", "stream_id": id}).to_string().as_bytes()).await;
+    app.produce_raw(
+        json!({"type": "media:stream_media_content:v1:requested", "stream_id": id})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
     let events = app.sse(&id, None).await.collect().await;
     assert_complete(&events, 0, "failed");
-    assert_eq!(events.last().unwrap().data["payload"]["code"], "unknown_handler");
+    assert_eq!(
+        events.last().unwrap().data["payload"]["code"],
+        "unknown_handler"
+    );
 
     let dup = unique("dup");
     let req = json!({"type": "demo:stream_ticks:v1:requested", "stream_id": dup, "payload": {"count": 3, "interval_ms": 1}});
@@ -192,8 +299,59 @@ async fn unknown_handler_ends_in_failed_and_redelivery_runs_once() {
     app.produce_raw(json!({"type": "demo:stream_ticks:v1:requested", "stream_id": marker, "payload": {"count": 1, "interval_ms": 1}}).to_string().as_bytes()).await;
     assert_complete(&app.sse(&marker, None).await.collect().await, 1, "success");
     let again = app.sse(&dup, None).await.collect().await;
-    assert_eq!(again.len(), first.len(), "a redelivered request never starts a second run");
-    let status: serde_json::Value = app.http.get(app.url(&format!("/v1/streams/{dup}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        again.len(),
+        first.len(),
+        "a redelivered request never starts a second run"
+    );
+    let status: serde_json::Value = app
+        .http
+        .get(app.url(&format!("/v1/streams/{dup}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(status["attempts"], 1);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_last_event_id_is_told_history_was_lost() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+    let app = start(|_| {}).await;
+    let id = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 5, "interval_ms": 1}})).await;
+    let all = app.sse(&id, None).await.collect().await;
+    assert_complete(&all, 5, "success");
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let topic = format!("{}{}", app.settings.kafka.stream_topic_prefix, id);
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(3))
+        .unwrap();
+    admin
+        .delete_records(&tpl, &AdminOptions::new())
+        .await
+        .expect("delete records");
+
+    let mut sse = app.sse(&id, Some(0)).await;
+    let notice = sse.next_event().await.unwrap();
+    assert_eq!(notice.event, "sluice:history_lost");
+    assert_eq!(notice.data["requested_id"], 1);
+    assert_eq!(notice.data["earliest_id"], 3);
+    let rest = sse.collect().await;
+    let ids: Vec<i64> = rest.iter().map(|e| e.id.unwrap()).collect();
+    assert_eq!(
+        ids,
+        vec![3, 4, 5, 6],
+        "replay starts at the earliest retained event"
+    );
     app.shutdown().await;
 }

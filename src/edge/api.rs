@@ -26,23 +26,35 @@ pub async fn create(State(state): State<Shared>, body: Body) -> Result<Response,
         ApiError::PayloadTooLarge(format!("request body is over the limit of {limit} bytes"))
     })?;
     let (id, existed) = state.submit(&bytes).await?;
-    let status = if existed { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
     let body = json!({"stream_id": id.as_str(), "existing": existed, "links": links(&id)});
     Ok((status, Json(body)).into_response())
 }
 
 /// `GET /v1/streams/{id}`: the stream's recorded state, with live progress if it runs here.
-pub async fn status(State(state): State<Shared>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+pub async fn status(
+    State(state): State<Shared>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
-    let record = state
-        .store
-        .get(id.as_str())
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("stream {id} not found")))?;
+    let Some(record) = state.store.get(id.as_str()).await? else {
+        if state.store.is_gone(id.as_str()).await? {
+            return Err(ApiError::Gone(format!(
+                "stream {id} ended and its retention expired"
+            )));
+        }
+        return Err(ApiError::NotFound(format!("stream {id} not found")));
+    };
     let live = state.hub.get(id.as_str());
     let chunks = match &live {
         Some(l) => record.cursor_seq.max(l.chunks()),
-        None => record.next_seq.saturating_sub(if record.state.is_terminal() { 2 } else { 1 }),
+        None => record
+            .next_seq
+            .saturating_sub(if record.state.is_terminal() { 2 } else { 1 }),
     };
     let last_event_id = live
         .as_ref()
@@ -66,7 +78,10 @@ pub async fn status(State(state): State<Shared>, Path(raw): Path<String>) -> Res
 }
 
 /// `DELETE /v1/streams/{id}`: asks a running stream to cancel; it ends with a `cancelled` event.
-pub async fn cancel(State(state): State<Shared>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+pub async fn cancel(
+    State(state): State<Shared>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     cancel_stream(&state, &id).await?;
     let body = json!({"stream_id": id.as_str(), "status": "cancelling"});

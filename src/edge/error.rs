@@ -51,6 +51,9 @@ pub enum ApiError {
     /// Kafka or the store is unavailable.
     #[error("{0}")]
     Unavailable(String),
+    /// The cap on live stream topics is reached.
+    #[error("{0}")]
+    Capacity(String),
 }
 
 /// Marks a response as a refusal, for the counting middleware.
@@ -74,6 +77,7 @@ impl ApiError {
             ApiError::Gone(_) => "gone",
             ApiError::PayloadTooLarge(_) => "too_large",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Capacity(_) => "stream_capacity",
         }
     }
 
@@ -87,7 +91,7 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Capacity(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -113,6 +117,7 @@ impl From<subscription::Error> for ApiError {
     fn from(e: subscription::Error) -> Self {
         match e {
             subscription::Error::NotFound(_) => ApiError::NotFound(e.to_string()),
+            subscription::Error::Gone(_) => ApiError::Gone(e.to_string()),
             subscription::Error::ResumePointAhead { .. } => ApiError::BadRequest {
                 code: "last_event_id_ahead",
                 message: e.to_string(),

@@ -52,6 +52,8 @@ pub struct EdgeState {
     pub edge: EdgeSettings,
     /// Whether intake holds a partition assignment.
     pub intake_assigned: Arc<AtomicBool>,
+    /// The cap on live stream topics.
+    pub budget: Arc<crate::retention::TopicBudget>,
 }
 
 /// Shared handle to the edge state.
@@ -70,7 +72,10 @@ pub fn router(state: Shared) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .merge(api)
-        .layer(middleware::from_fn_with_state(state.clone(), count_rejections))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_rejections,
+        ))
         .with_state(state)
 }
 
@@ -90,7 +95,11 @@ async fn ready(State(state): State<Shared>) -> Response {
     let store = state.store.get("__readiness_probe__").await.is_ok();
     let intake = state.intake_assigned.load(Ordering::Acquire);
     let ok = broker && store && intake;
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = json!({
         "status": if ok { "ready" } else { "not_ready" },
         "checks": {"broker": broker, "store": store, "intake_assigned": intake},
@@ -100,7 +109,11 @@ async fn ready(State(state): State<Shared>) -> Response {
 
 /// Token from `Authorization: Bearer …` or, for browsers' EventSource and WebSocket, `?access_token=`.
 fn presented_token(req: &Request) -> Option<String> {
-    if let Some(v) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         return v.strip_prefix("Bearer ").map(str::to_owned);
     }
     req.uri().query().and_then(|q| {
@@ -117,7 +130,13 @@ async fn authenticate(State(state): State<Shared>, req: Request, next: Next) -> 
         return next.run(req).await;
     }
     match presented_token(&req) {
-        Some(t) if tokens.iter().any(|k| constant_time_eq(k.as_bytes(), t.as_bytes())) => next.run(req).await,
+        Some(t)
+            if tokens
+                .iter()
+                .any(|k| constant_time_eq(k.as_bytes(), t.as_bytes())) =>
+        {
+            next.run(req).await
+        }
         _ => ApiError::Unauthorized.into_response(),
     }
 }
@@ -130,7 +149,9 @@ async fn count_rejections(State(state): State<Shared>, req: Request, next: Next)
     let path = req.uri().path().to_owned();
     let resp = next.run(req).await;
     if let Some(r) = resp.extensions().get::<Rejection>() {
-        state.metrics.edge_rejected(r.code, &format!("{path}: {}", r.message));
+        state
+            .metrics
+            .edge_rejected(r.code, &format!("{path}: {}", r.message));
     }
     resp
 }
@@ -150,10 +171,22 @@ impl EdgeState {
         if self.store.get(id.as_str()).await?.is_some() || self.hub.get(id.as_str()).is_some() {
             return Ok((id, true));
         }
+        if !self.budget.has_room() {
+            return Err(ApiError::Capacity(format!(
+                "{} stream topics exist, the configured maximum (retention.max_stream_topics)",
+                self.budget.cap()
+            )));
+        }
         request.stream_id = Some(id.clone());
         let type_text = request.event_type.to_string();
         self.journal
-            .produce(&self.intake.topic, id.as_str(), &request.to_json(), &[("type", &type_text)], "intake")
+            .produce(
+                &self.intake.topic,
+                id.as_str(),
+                &request.to_json(),
+                &[("type", &type_text)],
+                "intake",
+            )
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         Ok((id, false))
@@ -176,6 +209,9 @@ fn parse_event_id(raw: &str) -> Result<i64, ApiError> {
         .filter(|v| *v >= 0)
         .ok_or_else(|| ApiError::BadRequest {
             code: "invalid_last_event_id",
-            message: format!("last event id {:?} must be a non-negative integer offset", raw.chars().take(40).collect::<String>()),
+            message: format!(
+                "last event id {:?} must be a non-negative integer offset",
+                raw.chars().take(40).collect::<String>()
+            ),
         })
 }

@@ -29,7 +29,10 @@ fn frame(d: Delivery) -> Event {
         Delivery::Heartbeat(h) => Event::default()
             .event(h.event_type.as_str())
             .data(serde_json::to_string(&*h).unwrap_or_default()),
-        Delivery::HistoryLost { requested, earliest } => Event::default()
+        Delivery::HistoryLost {
+            requested,
+            earliest,
+        } => Event::default()
             .event(HISTORY_LOST)
             .data(json!({"requested_id": requested, "earliest_id": earliest}).to_string()),
     }
@@ -48,7 +51,10 @@ pub async fn events(
         .map(|v| v.to_str().unwrap_or("?").to_owned())
         .or_else(|| query.get("last_event_id").cloned());
     let after = resume.as_deref().map(parse_event_id).transpose()?;
-    let rx = state.subs.open(&id, after, state.edge.early_connect_wait).await?;
+    let rx = state
+        .subs
+        .open(&id, after, state.edge.early_connect_wait)
+        .await?;
     let guard = state.metrics.edge_connected("sse");
     let metrics = state.metrics.clone();
     let stream = ReceiverStream::new(rx).map(move |d| {

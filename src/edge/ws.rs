@@ -38,7 +38,10 @@ fn delivery_frame(stream_id: &str, d: &Delivery) -> String {
             "id": ev.offset, "seq": ev.envelope.seq, "payload": ev.envelope.payload}),
         Delivery::Heartbeat(h) => json!({"type": h.event_type, "stream_id": stream_id,
             "id": null, "seq": null, "payload": h.payload}),
-        Delivery::HistoryLost { requested, earliest } => json!({"type": "history_lost",
+        Delivery::HistoryLost {
+            requested,
+            earliest,
+        } => json!({"type": "history_lost",
             "stream_id": stream_id, "id": null, "seq": null,
             "payload": {"requested_id": requested, "earliest_id": earliest}}),
     }
@@ -97,18 +100,34 @@ async fn serve(state: Shared, socket: WebSocket) {
 
 impl Socket {
     async fn reject(&self, stream_id: Option<&str>, err: ApiError) {
-        self.state.metrics.edge_rejected(err.code(), &format!("ws: {err}"));
+        self.state
+            .metrics
+            .edge_rejected(err.code(), &format!("ws: {err}"));
         let _ = self.out.send(error_frame(stream_id, &err)).await;
     }
 
     async fn frame(&mut self, text: &str) {
         let value: Value = match serde_json::from_str(text) {
             Ok(v @ Value::Object(_)) => v,
-            Ok(_) => return self.reject(None, bad("malformed_json", "a frame must be a JSON object".into())).await,
-            Err(e) => return self.reject(None, bad("malformed_json", format!("malformed JSON: {e}"))).await,
+            Ok(_) => {
+                return self
+                    .reject(
+                        None,
+                        bad("malformed_json", "a frame must be a JSON object".into()),
+                    )
+                    .await
+            }
+            Err(e) => {
+                return self
+                    .reject(None, bad("malformed_json", format!("malformed JSON: {e}")))
+                    .await
+            }
         };
         let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
-        let stream_id = value.get("stream_id").and_then(Value::as_str).map(str::to_owned);
+        let stream_id = value
+            .get("stream_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let result = match kind {
             "ping" => {
                 let _ = self.out.send(json!({"type": "pong"}).to_string()).await;
@@ -152,17 +171,27 @@ impl Socket {
         Ok(())
     }
 
-    fn check_capacity(&self) -> Result<(), ApiError> {
+    fn check_capacity(&mut self) -> Result<(), ApiError> {
+        self.following.retain(|_, h| !h.is_finished());
         if self.following.len() >= self.state.edge.max_streams_per_socket {
             return Err(ApiError::Conflict {
                 code: "too_many_streams",
-                message: format!("a socket may follow at most {} streams", self.state.edge.max_streams_per_socket),
+                message: format!(
+                    "a socket may follow at most {} streams",
+                    self.state.edge.max_streams_per_socket
+                ),
             });
         }
         Ok(())
     }
 
-    fn follow(&mut self, id: StreamId, after: Option<i64>, wait: std::time::Duration) -> Result<(), ApiError> {
+    fn follow(
+        &mut self,
+        id: StreamId,
+        after: Option<i64>,
+        wait: std::time::Duration,
+    ) -> Result<(), ApiError> {
+        self.following.retain(|_, h| !h.is_finished());
         if self.following.contains_key(id.as_str()) {
             return Err(ApiError::Conflict {
                 code: "already_subscribed",
@@ -183,7 +212,9 @@ impl Socket {
                 }
                 Err(e) => {
                     let err = ApiError::from(e);
-                    state.metrics.edge_rejected(err.code(), &format!("ws: {err}"));
+                    state
+                        .metrics
+                        .edge_rejected(err.code(), &format!("ws: {err}"));
                     let _ = out.send(error_frame(Some(id.as_str()), &err)).await;
                 }
             }

@@ -42,7 +42,10 @@ pub fn require_kafka() {
 
 /// A short unique name.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// Settings for a test: port 0, unique topics and group, a fresh store directory.
@@ -80,15 +83,26 @@ pub async fn start(tweak: impl FnOnce(&mut Settings)) -> TestApp {
 
 /// Starts Sluice with a custom registry.
 pub async fn start_with(tweak: impl FnOnce(&mut Settings), registry: Registry) -> TestApp {
-    require_kafka();
-    sluice::telemetry::init(&sluice::settings::LogSettings {
-        format: sluice::settings::LogFormat::Text,
-        level: "warn,sluice=info".into(),
-    });
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(dir.path());
     tweak(&mut settings);
-    let app = App::build_with(settings.clone(), registry).await.expect("build app");
+    start_exact(settings, dir, registry).await
+}
+
+/// Starts Sluice with exactly these settings, owning `dir` (used to restart on the same store).
+pub async fn start_exact(
+    settings: Settings,
+    dir: tempfile::TempDir,
+    registry: Registry,
+) -> TestApp {
+    require_kafka();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,sluice=info"))
+        .with_test_writer()
+        .try_init();
+    let app = App::build_with(settings.clone(), registry)
+        .await
+        .expect("build app");
     let addr = app.http_addr();
     let stop = CancellationToken::new();
     let s2 = stop.clone();
@@ -115,11 +129,20 @@ impl TestApp {
     pub async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let ready = self.http.get(self.url("/readyz")).send().await.map(|r| r.status().is_success()).unwrap_or(false);
+            let ready = self
+                .http
+                .get(self.url("/readyz"))
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
             if ready {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "app never became ready");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "app never became ready"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -131,7 +154,10 @@ impl TestApp {
             .create()
             .unwrap();
         producer
-            .send(FutureRecord::<(), [u8]>::to(&self.settings.intake.topic).payload(bytes), Duration::from_secs(30))
+            .send(
+                FutureRecord::<(), [u8]>::to(&self.settings.intake.topic).payload(bytes),
+                Duration::from_secs(30),
+            )
             .await
             .map_err(|(e, _)| e)
             .expect("produce to intake");
@@ -139,7 +165,13 @@ impl TestApp {
 
     /// Requests a stream over HTTP and returns its id.
     pub async fn request(&self, body: Value) -> String {
-        let resp = self.http.post(self.url("/v1/streams")).json(&body).send().await.unwrap();
+        let resp = self
+            .http
+            .post(self.url("/v1/streams"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 202, "POST /v1/streams");
         let v: Value = resp.json().await.unwrap();
         v["stream_id"].as_str().unwrap().to_owned()
@@ -147,21 +179,21 @@ impl TestApp {
 
     /// Opens an SSE subscription.
     pub async fn sse(&self, stream_id: &str, last_event_id: Option<i64>) -> SseClient {
-        let mut req = self.http.get(self.url(&format!("/v1/streams/{stream_id}/events")));
-        if let Some(id) = last_event_id {
-            req = req.header("Last-Event-ID", id.to_string());
-        }
-        let resp = req.send().await.unwrap();
-        assert_eq!(resp.status(), 200, "SSE subscribe to {stream_id}");
-        SseClient {
-            inner: Box::pin(resp.bytes_stream().eventsource()),
-        }
+        SseClient::connect(
+            &self.url(&format!("/v1/streams/{stream_id}/events")),
+            last_event_id,
+        )
+        .await
     }
 
     /// Stops the app and waits for its orderly shutdown.
     pub async fn shutdown(self) -> tempfile::TempDir {
         self.stop.cancel();
-        tokio::time::timeout(WAIT, self.handle).await.expect("shutdown in time").unwrap().unwrap();
+        tokio::time::timeout(WAIT, self.handle)
+            .await
+            .expect("shutdown in time")
+            .unwrap()
+            .unwrap();
         self.dir
     }
 }
@@ -181,7 +213,14 @@ impl SseEvent {
 }
 
 type EventStream = std::pin::Pin<
-    Box<dyn Stream<Item = Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>> + Send>,
+    Box<
+        dyn Stream<
+                Item = Result<
+                    eventsource_stream::Event,
+                    eventsource_stream::EventStreamError<reqwest::Error>,
+                >,
+            > + Send,
+    >,
 >;
 
 /// An SSE response being read.
@@ -190,12 +229,37 @@ pub struct SseClient {
 }
 
 impl SseClient {
+    /// Opens an SSE subscription at `url`, resuming after `last_event_id`.
+    pub async fn connect(url: &str, last_event_id: Option<i64>) -> SseClient {
+        let mut req = reqwest::Client::new().get(url);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        if resp.status() != 200 {
+            let status = resp.status();
+            panic!(
+                "SSE subscribe to {url}: {status} {}",
+                resp.text().await.unwrap_or_default()
+            );
+        }
+        SseClient {
+            inner: Box::pin(resp.bytes_stream().eventsource()),
+        }
+    }
+
     /// The next event, heartbeats included; `None` when the response ends.
     pub async fn next_any(&mut self) -> Option<SseEvent> {
-        let ev = tokio::time::timeout(WAIT, self.inner.next()).await.expect("SSE event in time")?;
+        let ev = tokio::time::timeout(WAIT, self.inner.next())
+            .await
+            .expect("SSE event in time")?;
         let ev = ev.expect("valid SSE");
         Some(SseEvent {
-            id: if ev.id.is_empty() { None } else { Some(ev.id.parse().expect("numeric id")) },
+            id: if ev.id.is_empty() {
+                None
+            } else {
+                Some(ev.id.parse().expect("numeric id"))
+            },
             event: ev.event,
             data: serde_json::from_str(&ev.data).unwrap_or(Value::Null),
         })
@@ -223,7 +287,13 @@ impl SseClient {
 
 /// Asserts a complete, well-formed stream: started, chunks 1..=n, then `terminal`, ids increasing.
 pub fn assert_complete(events: &[SseEvent], n: u64, terminal: &str) {
-    assert!(events.len() as u64 == n + 2, "expected {} events, got {}: {:?}", n + 2, events.len(), events.iter().map(|e| &e.event).collect::<Vec<_>>());
+    assert!(
+        events.len() as u64 == n + 2,
+        "expected {} events, got {}: {:?}",
+        n + 2,
+        events.len(),
+        events.iter().map(|e| &e.event).collect::<Vec<_>>()
+    );
     assert_eq!(events[0].state(), "started");
     for (i, e) in events[1..=n as usize].iter().enumerate() {
         assert_eq!(e.state(), "stream");
@@ -231,8 +301,14 @@ pub fn assert_complete(events: &[SseEvent], n: u64, terminal: &str) {
         assert_eq!(e.data["payload"]["n"].as_u64(), Some(i as u64 + 1));
     }
     assert_eq!(events.last().unwrap().state(), terminal);
-    let ids: Vec<i64> = events.iter().map(|e| e.id.expect("stored events carry ids")).collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids strictly increasing: {ids:?}");
+    let ids: Vec<i64> = events
+        .iter()
+        .map(|e| e.id.expect("stored events carry ids"))
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids strictly increasing: {ids:?}"
+    );
     for e in events {
         assert_eq!(e.data["id"].as_i64(), e.id, "envelope id equals SSE id");
     }
@@ -240,7 +316,6 @@ pub fn assert_complete(events: &[SseEvent], n: u64, terminal: &str) {
 
 /// Reads every message of a topic from the beginning until `n` have arrived.
 pub async fn read_topic(topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> {
-    use rdkafka::Message;
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", unique("reader-"))
@@ -251,7 +326,10 @@ pub async fn read_topic(topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMes
     consumer.subscribe(&[topic]).unwrap();
     let mut out = Vec::new();
     while out.len() < n {
-        let m = tokio::time::timeout(WAIT, consumer.recv()).await.expect("topic message in time").unwrap();
+        let m = tokio::time::timeout(WAIT, consumer.recv())
+            .await
+            .expect("topic message in time")
+            .unwrap();
         out.push(m.detach());
     }
     out
