@@ -6,7 +6,7 @@
 //! replay; a subscriber that falls behind is told it lagged and re-reads from Kafka.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -61,7 +61,19 @@ pub struct LiveStream {
     cancel: CancellationToken,
     chunks: AtomicU64,
     last_offset: AtomicI64,
+    finished: AtomicBool,
     started: Instant,
+}
+
+/// What a cancel request found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The stream runs here and was asked to cancel.
+    Cancelling,
+    /// The stream runs here but its terminal event is already stored.
+    AlreadyFinished,
+    /// The stream does not run here.
+    NotHere,
 }
 
 impl LiveStream {
@@ -71,6 +83,9 @@ impl LiveStream {
             self.last_offset.store(e.offset, Ordering::Release);
             if e.state == State::Stream {
                 self.chunks.fetch_add(1, Ordering::Relaxed);
+            }
+            if e.state.is_terminal() {
+                self.finished.store(true, Ordering::Release);
             }
         }
         let _ = self.tx.send(live);
@@ -134,6 +149,7 @@ impl Hub {
             cancel: CancellationToken::new(),
             chunks: AtomicU64::new(0),
             last_offset: AtomicI64::new(-1),
+            finished: AtomicBool::new(false),
             started: Instant::now(),
         });
         map.insert(stream_id.to_owned(), live.clone());
@@ -157,14 +173,15 @@ impl Hub {
         self.streams().get(stream_id).map(|s| s.tx.subscribe())
     }
 
-    /// Asks a stream running here to cancel. Returns whether it runs here.
-    pub fn cancel(&self, stream_id: &str) -> bool {
+    /// Asks a stream running here to cancel.
+    pub fn cancel(&self, stream_id: &str) -> CancelOutcome {
         match self.get(stream_id) {
+            Some(s) if s.finished.load(Ordering::Acquire) => CancelOutcome::AlreadyFinished,
             Some(s) => {
                 s.cancel.cancel();
-                true
+                CancelOutcome::Cancelling
             }
-            None => false,
+            None => CancelOutcome::NotHere,
         }
     }
 
@@ -227,11 +244,12 @@ mod tests {
             }
         }
         assert_eq!(s.chunks(), 1);
-        assert!(hub.cancel("a") && s.cancel_token().is_cancelled());
+        assert_eq!(hub.cancel("a"), CancelOutcome::Cancelling);
+        assert!(s.cancel_token().is_cancelled());
         hub.remove("a");
         drop(s);
         assert!(r1.recv().await.is_err());
-        assert!(!hub.cancel("a"));
+        assert_eq!(hub.cancel("a"), CancelOutcome::NotHere);
     }
 
     #[tokio::test]

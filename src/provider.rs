@@ -67,6 +67,7 @@ struct Run<'a> {
     inflight: FuturesOrdered<Ack>,
     checkpoints: VecDeque<(u64, Value)>,
     skip_through: Option<u64>,
+    terminal: Option<Arc<StoredEvent>>,
     started: Instant,
 }
 
@@ -108,6 +109,7 @@ impl Provider {
             inflight: FuturesOrdered::new(),
             checkpoints: VecDeque::new(),
             skip_through: None,
+            terminal: None,
             started: Instant::now(),
         };
         run.execute(&shutdown).await;
@@ -441,7 +443,12 @@ impl Run<'_> {
         let stored = res?;
         self.record.last_offset = Some(stored.offset);
         if let Some(ev) = StoredEvent::new(stored.offset, env) {
-            self.live.publish(Live::Event(Arc::new(ev)));
+            if state.is_terminal() {
+                // Published only after the record says the stream ended, so status never lags it.
+                self.terminal = Some(Arc::new(ev));
+            } else {
+                self.live.publish(Live::Event(Arc::new(ev)));
+            }
         }
         if state == State::Stream {
             self.p
@@ -529,6 +536,9 @@ impl Run<'_> {
         self.record.state = terminal_state(state);
         self.record.finished_at = Some(chrono::Utc::now());
         self.persist(Durability::Sync).await;
+        if let Some(ev) = self.terminal.take() {
+            self.live.publish(Live::Event(ev));
+        }
         self.p.metrics.stream_finished(
             self.requested.service(),
             self.requested.action(),

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::{parse_id, ApiError, Shared};
 use crate::event::StreamId;
+use crate::hub::CancelOutcome;
 
 fn links(id: &StreamId) -> serde_json::Value {
     json!({
@@ -90,8 +91,14 @@ pub async fn cancel(
 
 /// Cancels a stream running here, or explains why it cannot.
 pub async fn cancel_stream(state: &Shared, id: &StreamId) -> Result<(), ApiError> {
-    if state.hub.cancel(id.as_str()) {
-        return Ok(());
+    let finished = || ApiError::Conflict {
+        code: "already_finished",
+        message: format!("stream {id} already ended"),
+    };
+    match state.hub.cancel(id.as_str()) {
+        CancelOutcome::Cancelling => return Ok(()),
+        CancelOutcome::AlreadyFinished => return Err(finished()),
+        CancelOutcome::NotHere => {}
     }
     match state.store.get(id.as_str()).await? {
         Some(r) if r.state.is_terminal() => Err(ApiError::Conflict {
