@@ -152,6 +152,14 @@ async fn b2(admin: &AdminClient<DefaultClientContext>, rate: u64, secs: u64) -> 
     let p = producer();
     let c = consumer(&topic);
     let n = rate * secs;
+    // Warm up: the consumer has fetched once before the measured sends start.
+    p.send(
+        FutureRecord::<(), _>::to(&topic).payload("0"),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    c.recv().await.unwrap();
     let reader = tokio::spawn(async move {
         let mut h = Histogram::<u64>::new(3).unwrap();
         for _ in 0..n {

@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
 # The one test command: installs prerequisites, starts a local Kafka broker (or uses a reachable
-# one), then runs every unit and integration test against it.
-#   scripts/test.sh                 # everything
-#   scripts/test.sh --test pipeline # extra arguments go to cargo test
+# one), runs every unit and integration test against it, then the benchmark harness in its
+# seconds-long smoke mode, the live dashboard check (Prometheus + promtool) and the offline
+# docker/dashboard checks.
+#   scripts/test.sh                  # everything
+#   scripts/test.sh --test pipeline  # only `cargo test` with these arguments
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice/target}"
 export SLUICE_TEST_BROKERS="${SLUICE_TEST_BROKERS:-${SLUICE_KAFKA_BROKERS:-127.0.0.1:9092}}"
 scripts/setup.sh
 SLUICE_KAFKA_BROKERS="$SLUICE_TEST_BROKERS" scripts/kafka.sh start
-cargo test --locked "$@"
+if (($#)); then
+  exec cargo test --locked "$@"
+fi
+cargo test --locked
+echo "== benchmark harness smoke run (no speed assertions)"
+cargo test --locked --bench e2e -- --quick
+echo "== live dashboard check"
+scripts/check-dashboards.sh
+echo "== docker and dashboard structure"
+python3 scripts/check_docker.py
+python3 scripts/check_dashboards.py --self-test dashboards/sluice.json

@@ -50,6 +50,17 @@ pub mod names {
     pub const STREAMS_SWEPT: &str = "sluice_streams_swept_total";
 }
 
+/// Every reason intake dead-letters a message for; each series exists from start-up.
+pub const INTAKE_REASONS: [&str; 7] = [
+    "malformed_json",
+    "invalid_type",
+    "wrong_state",
+    "invalid_stream_id",
+    "too_large",
+    "not_streaming",
+    "at_capacity",
+];
+
 /// All of Sluice's metrics, registered in one registry. Cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -204,6 +215,9 @@ impl Metrics {
         reg(Box::new(m.streams_resumed.clone()))?;
         reg(Box::new(m.stream_topics.clone()))?;
         reg(Box::new(m.streams_swept.clone()))?;
+        for reason in INTAKE_REASONS {
+            m.intake_rejected.with_label_values(&[reason]).inc_by(0);
+        }
         for t in ["sse", "ws"] {
             m.edge_connections.with_label_values(&[t]).set(0);
             m.edge_events_sent.with_label_values(&[t]).inc_by(0);
