@@ -27,6 +27,9 @@ use sluice::{App, Settings};
 use tokio_util::sync::CancellationToken;
 
 struct Scale {
+    s4_steps: &'static [usize],
+    s5_clients: usize,
+    cp_chunks: u64,
     b1_msgs: usize,
     b2_rate: u64,
     b2_secs: u64,
@@ -38,6 +41,9 @@ struct Scale {
 }
 
 const FULL: Scale = Scale {
+    s4_steps: &[100, 1000],
+    s5_clients: 4000,
+    cp_chunks: 20_000,
     b1_msgs: 200_000,
     b2_rate: 1000,
     b2_secs: 10,
@@ -48,6 +54,9 @@ const FULL: Scale = Scale {
     topics: 100,
 };
 const QUICK: Scale = Scale {
+    s4_steps: &[10],
+    s5_clients: 50,
+    cp_chunks: 300,
     b1_msgs: 5_000,
     b2_rate: 200,
     b2_secs: 2,
@@ -225,6 +234,11 @@ struct Running {
 
 async fn start_sluice() -> Running {
     let dir = tempfile::tempdir().unwrap();
+    let s = bench_settings(dir.path());
+    run_sluice(s, dir).await
+}
+
+fn bench_settings(dir: &std::path::Path) -> Settings {
     let t = tag();
     let mut s = Settings::default();
     s.http.listen = "127.0.0.1:0".parse().unwrap();
@@ -234,8 +248,13 @@ async fn start_sluice() -> Running {
     s.intake.dlq_topic = format!("bench.{t}.dlq");
     s.intake.group_id = format!("bench-{t}");
     s.intake.topic_partitions = 1;
-    s.store.path = dir.path().join("db");
+    s.store.path = dir.join("db");
     s.edge.early_connect_wait = Duration::from_secs(30);
+    s.provider.max_concurrent_streams = 10_000;
+    s
+}
+
+async fn run_sluice(s: Settings, dir: tempfile::TempDir) -> Running {
     let app = App::build(s.clone()).await.expect("build sluice");
     let base = format!("http://{}", app.http_addr());
     let stop = CancellationToken::new();
@@ -293,6 +312,142 @@ async fn post(base: &str, body: Value) -> String {
         .as_str()
         .unwrap()
         .to_owned()
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// S4: `n` concurrent streams at 10 chunks/s for `secs`, one SSE reader each: chunks/s and latency.
+async fn s4(app: &Running, n: usize, secs: u64) -> (f64, Histogram<u64>) {
+    let body = json!({"type": "demo:stream_ticks:v1:requested",
+        "payload": {"count": 10 * secs, "interval_ms": 100, "checkpoint_every": 10}});
+    let ids: Vec<String> =
+        futures::future::join_all((0..n).map(|_| post(&app.base, body.clone()))).await;
+    let start = Instant::now();
+    let readers = ids.into_iter().map(|id| {
+        let base = app.base.clone();
+        tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3).unwrap();
+            let mut events = sse(&base, &id, None).await;
+            while let Some((ev, data)) = events.next().await {
+                if ev.ends_with(":stream") {
+                    h.record(
+                        (micros_now() - data["payload"]["at"].as_i64().unwrap()).max(0) as u64,
+                    )
+                    .unwrap();
+                }
+            }
+            h
+        })
+    });
+    let mut all = Histogram::<u64>::new(3).unwrap();
+    for h in futures::future::join_all(readers).await {
+        all.add(h.unwrap()).unwrap();
+    }
+    (all.len() as f64 / start.elapsed().as_secs_f64(), all)
+}
+
+/// S5: `n` idle SSE clients on one quiet stream, spread over 127.0.x.y source addresses.
+async fn s5(app: &Running, n: usize) -> (usize, f64) {
+    let id = post(
+        &app.base,
+        json!({"type": "demo:stream_ticks:v1:requested",
+        "payload": {"count": 1, "interval_ms": 3_600_000}}),
+    )
+    .await;
+    let before = rss_kib();
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        let local: std::net::IpAddr = format!("127.0.{}.{}", 1 + i / 250, 1 + i % 250)
+            .parse()
+            .unwrap();
+        let client = reqwest::Client::builder()
+            .local_address(local)
+            .build()
+            .unwrap();
+        match client
+            .get(format!("{}/v1/streams/{id}/events", app.base))
+            .send()
+            .await
+        {
+            Ok(r) if r.status() == 200 => held.push(r),
+            _ => break,
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let per = (rss_kib().saturating_sub(before)) as f64 / held.len().max(1) as f64;
+    (held.len(), per)
+}
+
+/// Single-stream throughput with a checkpoint every `every` chunks (0: never).
+async fn checkpoint_rate(app: &Running, chunks: u64, every: u64) -> f64 {
+    let id = post(&app.base, json!({"type": "demo:stream_ticks:v1:requested",
+        "payload": {"count": chunks, "interval_ms": 0, "checkpoint_every": every, "pad_bytes": 200}})).await;
+    let mut events = sse(&app.base, &id, None).await;
+    let mut start = None;
+    while let Some((ev, _)) = events.next().await {
+        if ev.ends_with(":started") {
+            start = Some(Instant::now());
+        }
+    }
+    chunks as f64 / start.unwrap().elapsed().as_secs_f64()
+}
+
+/// Resume latency: stop Sluice mid-stream, start it again on the same store, and time from the
+/// start of the new process's build to the first new chunk at a reader.
+async fn resume_latency(app: Running) -> (f64, Running) {
+    let id = post(
+        &app.base,
+        json!({"type": "demo:stream_ticks:v1:requested",
+        "payload": {"count": 100_000, "interval_ms": 10, "checkpoint_every": 10}}),
+    )
+    .await;
+    let mut events = sse(&app.base, &id, None).await;
+    let mut seen = 0;
+    while let Some((ev, _)) = events.next().await {
+        if ev.ends_with(":stream") {
+            seen += 1;
+            if seen == 50 {
+                break;
+            }
+        }
+    }
+    drop(events);
+    let settings = app.settings.clone();
+    app.stop.cancel();
+    let _ = app.handle.await;
+    let t0 = Instant::now();
+    let app = run_sluice(settings, app._dir).await;
+    let before: u64 = {
+        let v: Value = reqwest::get(format!("{}/v1/streams/{id}", app.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["chunks"].as_u64().unwrap_or(0)
+    };
+    let mut events = sse(&app.base, &id, None).await;
+    let mut first = 0.0;
+    while let Some((ev, data)) = events.next().await {
+        if ev.ends_with(":stream") && data["seq"].as_u64().unwrap_or(0) > before.max(50) {
+            first = t0.elapsed().as_secs_f64() * 1000.0;
+            break;
+        }
+    }
+    let _ = reqwest::Client::new()
+        .delete(format!("{}/v1/streams/{id}", app.base))
+        .send()
+        .await;
+    (first, app)
 }
 
 /// S3: request produced to the intake topic → `started` at an SSE client already waiting.
@@ -503,6 +658,47 @@ async fn main() {
         format!("first event {first_ms:.1} ms, {catchup:.0} events/s"),
         format!("{:.2} × B3", catchup / b3),
         format!("{} events", scale.s6_events),
+    ));
+    for every in [1u64, 100, 0] {
+        let rate = checkpoint_rate(&app, scale.cp_chunks, every).await;
+        let label = if every == 0 {
+            "never".to_owned()
+        } else {
+            format!("every {every}")
+        };
+        rows.push((
+            format!("Checkpoint {label}: single stream"),
+            format!("{rate:.0} chunks/s"),
+            format!("{:.2} × B1", rate / b1),
+            format!("{} chunks", scale.cp_chunks),
+        ));
+    }
+    for &n in scale.s4_steps {
+        let (rate, h) = s4(&app, n, if quick { 2 } else { 10 }).await;
+        rows.push((
+            format!("S4 {n} live streams @ 10 chunks/s"),
+            format!(
+                "{rate:.0} chunks/s, p50 {:.2} / p99 {:.2} ms",
+                pct(&h, 0.5),
+                pct(&h, 0.99)
+            ),
+            "".into(),
+            format!("target {} chunks/s", n * 10),
+        ));
+    }
+    let (clients, per) = s5(&app, scale.s5_clients).await;
+    rows.push((
+        "S5 idle SSE clients held".into(),
+        format!("{clients} clients, {per:.1} KiB RSS each"),
+        "".into(),
+        "client and server in one process".into(),
+    ));
+    let (resume_ms, app) = resume_latency(app).await;
+    rows.push((
+        "Resume latency (restart → first new chunk)".into(),
+        format!("{resume_ms:.0} ms"),
+        "".into(),
+        "graceful stop, same store".into(),
     ));
     app.stop.cancel();
     let _ = app.handle.await;

@@ -253,22 +253,26 @@ impl Metrics {
             .inc();
     }
 
-    /// A stream reached its terminal event.
-    #[allow(clippy::too_many_arguments)]
+    /// A stream reached its terminal event (`event_type` is the terminal type).
     pub fn stream_finished(
         &self,
-        service: &str,
-        action: &str,
+        event_type: &crate::event::EventType,
         stream_id: &str,
-        outcome: &str,
         chunks: u64,
         duration: Duration,
         detail: Option<&str>,
     ) {
         let duration_ms = duration.as_millis() as u64;
+        let (service, action, outcome) = (
+            event_type.service(),
+            event_type.action(),
+            event_type.state().as_str(),
+        );
+        let event_type = event_type.to_string();
         if outcome == "success" {
             tracing::info!(
                 stream_id,
+                event_type,
                 action,
                 stream_count = chunks,
                 duration_ms,
@@ -277,6 +281,7 @@ impl Metrics {
         } else {
             tracing::warn!(
                 stream_id,
+                event_type,
                 action,
                 stream_count = chunks,
                 duration_ms,
@@ -426,15 +431,8 @@ mod tests {
             1,
         );
         m.chunk_stored("demo", "stream_ticks");
-        m.stream_finished(
-            "demo",
-            "stream_ticks",
-            "s1",
-            "success",
-            1,
-            Duration::from_millis(5),
-            None,
-        );
+        let t = crate::event::EventType::parse("demo:stream_ticks:v1:success").unwrap();
+        m.stream_finished(&t, "s1", 1, Duration::from_millis(5), None);
         m.intake_rejected("malformed_json", 0, 1, "x");
         {
             let _g = m.edge_connected("sse");

@@ -157,10 +157,8 @@ impl Provider {
             .produce(&topic, id, &bytes, &[("type", &env.event_type)], "stream")
             .await?;
         self.metrics.stream_finished(
-            event_type.service(),
-            event_type.action(),
+            &event_type.with_state(State::Failed),
             id,
-            "failed",
             last.envelope.seq.unwrap_or(0),
             Duration::ZERO,
             Some("corrupt_record"),
@@ -540,10 +538,8 @@ impl Run<'_> {
             self.live.publish(Live::Event(ev));
         }
         self.p.metrics.stream_finished(
-            self.requested.service(),
-            self.requested.action(),
+            &self.requested.with_state(state),
             self.id.as_str(),
-            state.as_str(),
             chunks,
             duration,
             detail.as_deref(),

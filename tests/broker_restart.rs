@@ -1,0 +1,80 @@
+//! A broker restart in the middle of a stream: producers retry, the handler sees backpressure,
+//! nothing is lost, and the stream completes. Restarts the local broker with `scripts/kafka.sh`,
+//! so it lives in its own test binary (cargo runs test binaries one at a time).
+
+mod common;
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+fn kafka_script(cmd: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+    let status = Command::new("bash")
+        .arg(script)
+        .arg(cmd)
+        .env("SLUICE_KAFKA_BROKERS", brokers())
+        .status()
+        .expect("run kafka.sh");
+    assert!(status.success(), "kafka.sh {cmd} failed");
+}
+
+fn reachable() -> bool {
+    let addr = brokers()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_socket_addrs()
+        .unwrap()
+        .next()
+        .unwrap();
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+}
+
+/// Starts the broker again even if the test fails half-way, so later test binaries have it.
+struct Restart;
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        if !reachable() {
+            kafka_script("start");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_loses_nothing() {
+    let app = start(|s| s.kafka.message_timeout = Duration::from_secs(120)).await;
+    let id = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 60, "interval_ms": 50}})).await;
+    let mut sse = app.sse(&id, None).await;
+    let mut seen = Vec::new();
+    while seen.len() < 10 {
+        seen.push(sse.next_event().await.expect("event before the outage"));
+    }
+    let _guard = Restart;
+    kafka_script("stop");
+    assert!(!reachable(), "the broker must really be down for this test to mean anything (is it one kafka.sh did not start?)");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    kafka_script("start");
+
+    // Keep reading; if the response ended during the outage, resume from the last id.
+    loop {
+        match sse.next_event().await {
+            Some(ev) => {
+                let done = ["success", "failed", "timeout", "cancelled"].contains(&ev.state());
+                seen.push(ev);
+                if done {
+                    break;
+                }
+            }
+            None => sse = app.sse(&id, seen.last().and_then(|e| e.id)).await,
+        }
+    }
+    assert_complete(&seen, 60, "success");
+    let fresh = app.sse(&id, None).await.collect().await;
+    assert_complete(&fresh, 60, "success");
+    app.shutdown().await;
+}
