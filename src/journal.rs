@@ -5,7 +5,7 @@
 //! This module does not decide what to write; the provider and the edge do.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -15,6 +15,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+
+use tokio::sync::oneshot;
 
 use crate::event::StreamId;
 use crate::metrics::Metrics;
@@ -57,6 +59,12 @@ pub enum Error {
     },
 }
 
+/// Most stream topics created by one admin request.
+pub const CREATE_BATCH: usize = 100;
+
+/// A topic waiting to be created, and who to tell.
+type PendingCreate = (String, oneshot::Sender<Result<(), Error>>);
+
 /// Where a delivered message landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {
@@ -79,6 +87,8 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
 
 /// The shared producer and admin client. Cheap to share behind an `Arc`.
 pub struct Journal {
+    creator: tokio::sync::Mutex<()>,
+    create_queue: Mutex<Vec<PendingCreate>>,
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
     settings: KafkaSettings,
@@ -103,6 +113,8 @@ impl Journal {
         let admin: AdminClient<DefaultClientContext> =
             client_config(settings).create().map_err(Error::Client)?;
         Ok(Journal {
+            creator: tokio::sync::Mutex::new(()),
+            create_queue: Mutex::new(Vec::new()),
             producer,
             admin,
             settings: settings.clone(),
@@ -116,21 +128,87 @@ impl Journal {
     }
 
     /// Creates a stream's topic; an existing topic is success.
+    ///
+    /// Concurrent calls are batched: whoever holds the creator lock sends one CreateTopics request
+    /// for everything queued (up to [`CREATE_BATCH`]), so a burst of new streams costs a few admin
+    /// round trips instead of one each, and a lone stream waits for nothing.
     pub async fn ensure_stream_topic(&self, id: &StreamId) -> Result<(), Error> {
         let topic = self.topic_for(id);
-        let config: Vec<(&str, &str)> = self
-            .settings
-            .stream_topic_config
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let (tx, mut rx) = oneshot::channel();
+        self.create_queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((topic.clone(), tx));
         let started = Instant::now();
-        let res = self
-            .create_topic(&topic, 1, self.settings.stream_topic_replication, &config)
-            .await;
+        let res = loop {
+            match rx.try_recv() {
+                Ok(r) => break r,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    break Err(Error::Admin {
+                        topic: topic.clone(),
+                        source: KafkaError::Canceled,
+                    })
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let _leader = self.creator.lock().await;
+            if let Ok(r) = rx.try_recv() {
+                break r;
+            }
+            let batch: Vec<PendingCreate> = {
+                let mut q = self.create_queue.lock().unwrap_or_else(|p| p.into_inner());
+                let n = q.len().min(CREATE_BATCH);
+                q.drain(..n).collect()
+            };
+            self.create_batch(batch).await;
+        };
         self.metrics
             .topic_created(&topic, started.elapsed(), res.is_ok());
         res
+    }
+
+    async fn create_batch(&self, batch: Vec<PendingCreate>) {
+        if batch.is_empty() {
+            return;
+        }
+        let new: Vec<NewTopic> = batch
+            .iter()
+            .map(|(t, _)| {
+                self.settings.stream_topic_config.iter().fold(
+                    NewTopic::new(
+                        t,
+                        1,
+                        TopicReplication::Fixed(self.settings.stream_topic_replication),
+                    ),
+                    |nt, (k, v)| nt.set(k, v),
+                )
+            })
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(self.settings.operation_timeout));
+        match self.admin.create_topics(&new, &opts).await {
+            Err(source) => {
+                for (topic, tx) in batch {
+                    let _ = tx.send(Err(Error::Admin {
+                        topic,
+                        source: source.clone(),
+                    }));
+                }
+            }
+            Ok(results) => {
+                let mut codes: std::collections::HashMap<String, RDKafkaErrorCode> = results
+                    .into_iter()
+                    .filter_map(|r| r.err())
+                    .filter(|(_, code)| *code != RDKafkaErrorCode::TopicAlreadyExists)
+                    .collect();
+                for (topic, tx) in batch {
+                    let res = match codes.remove(&topic) {
+                        Some(code) => Err(Error::CreateTopic { topic, code }),
+                        None => Ok(()),
+                    };
+                    let _ = tx.send(res);
+                }
+            }
+        }
     }
 
     /// Creates a topic with `partitions` partitions; an existing topic is success.

@@ -167,3 +167,31 @@ async fn a_corrupt_record_fails_its_stream_and_the_others_resume() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_stream_topics_is_created_in_batches_and_all_exist() {
+    require_kafka();
+    let mut kafka = sluice::settings::KafkaSettings {
+        brokers: brokers(),
+        ..Default::default()
+    };
+    kafka.stream_topic_prefix = format!("sluice.test.{}.", unique("b"));
+    let metrics = std::sync::Arc::new(sluice::metrics::Metrics::new().unwrap());
+    let journal = sluice::journal::Journal::new(&kafka, metrics.clone()).unwrap();
+    let ids: Vec<sluice::event::StreamId> = (0..60)
+        .map(|i| sluice::event::StreamId::parse(&format!("burst-{i}")).unwrap())
+        .collect();
+    let results =
+        futures::future::join_all(ids.iter().map(|id| journal.ensure_stream_topic(id))).await;
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    for id in &ids {
+        assert!(topic_exists(&journal.topic_for(id)).await, "{id} exists");
+    }
+    // Creating them again is success (already exists), not an error.
+    assert!(journal.ensure_stream_topic(&ids[0]).await.is_ok());
+    let text = metrics.render();
+    assert!(
+        text.contains(r#"sluice_kafka_topic_create_duration_seconds_count{result="ok"} 61"#),
+        "{text}"
+    );
+}
