@@ -21,6 +21,7 @@ pub mod settings;
 pub mod store;
 pub mod subscription;
 pub mod telemetry;
+pub mod writer;
 
 pub use app::App;
 pub use handler::{HandlerError, Registry, StreamContext, StreamHandler};

@@ -76,7 +76,7 @@ impl Default for RetentionSettings {
             stream_retention: Duration::from_secs(24 * 3600),
             tombstone_retention: Duration::from_secs(7 * 24 * 3600),
             sweep_interval: Duration::from_secs(60),
-            max_stream_topics: 20_000,
+            max_stream_topics: 10_000,
             delete_batch: 100,
         }
     }
