@@ -538,10 +538,14 @@ class Checker:
         lib = cargo.get("lib")
         if isinstance(lib, dict) and lib.get("path"):
             paths.append(lib["path"])
+        default_dirs = {"bin": "src/bin", "test": "tests", "bench": "benches", "example": "examples"}
         for section in ("bin", "test", "bench", "example"):
             for target in cargo.get(section) or []:
                 if isinstance(target, dict) and target.get("path"):
                     paths.append(target["path"])
+                elif isinstance(target, dict) and target.get("name") and section != "bin":
+                    # Declared without a path: cargo looks in the conventional directory.
+                    paths.append(f"{default_dirs[section]}/{target['name']}.rs")
         package = cargo.get("package") or {}
         build_script = package.get("build")
         if isinstance(build_script, str):
