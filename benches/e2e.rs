@@ -255,7 +255,19 @@ fn bench_settings(dir: &std::path::Path) -> Settings {
 }
 
 async fn run_sluice(s: Settings, dir: tempfile::TempDir) -> Running {
-    let app = App::build(s.clone()).await.expect("build sluice");
+    // A restart may briefly find the previous instance's store lock still held by connections
+    // that are winding down; retry for a while.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let app = loop {
+        match App::build(s.clone()).await {
+            Ok(app) => break app,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("sluice not built yet ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("build sluice: {e:?}"),
+        }
+    };
     let base = format!("http://{}", app.http_addr());
     let stop = CancellationToken::new();
     let s2 = stop.clone();
@@ -659,6 +671,13 @@ async fn main() {
         format!("{:.2} × B3", catchup / b3),
         format!("{} events", scale.s6_events),
     ));
+    let (resume_ms, app) = resume_latency(app).await;
+    rows.push((
+        "Resume latency (restart → first new chunk)".into(),
+        format!("{resume_ms:.0} ms"),
+        "".into(),
+        "graceful stop, same store".into(),
+    ));
     for every in [1u64, 100, 0] {
         let rate = checkpoint_rate(&app, scale.cp_chunks, every).await;
         let label = if every == 0 {
@@ -693,13 +712,7 @@ async fn main() {
         "".into(),
         "client and server in one process".into(),
     ));
-    let (resume_ms, app) = resume_latency(app).await;
-    rows.push((
-        "Resume latency (restart → first new chunk)".into(),
-        format!("{resume_ms:.0} ms"),
-        "".into(),
-        "graceful stop, same store".into(),
-    ));
+
     app.stop.cancel();
     let _ = app.handle.await;
 
