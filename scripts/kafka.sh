@@ -11,6 +11,7 @@
 #   KAFKA_VERSION          Apache Kafka version from Maven Central (default 4.1.1)
 #   KAFKA_HEAP_OPTS        JVM heap bounds (default -Xms256m -Xmx1g)
 #   SLUICE_CACHE_DIR       where jars, data and the broker log live (default ~/.cache/sluice)
+#   SLUICE_KAFKA_FRESH=1   when a new broker is started, wipe its old data first (tests use this)
 set -euo pipefail
 
 KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
@@ -118,6 +119,10 @@ start() {
   if reachable; then say "broker already reachable at $HOST:$PORT; using it"; return 0; fi
   if p=$(running_pid); then say "broker process $p exists but $HOST:$PORT does not answer yet"; fi
   fetch_jars
+  if [[ "${SLUICE_KAFKA_FRESH:-0}" == 1 ]] && ! running_pid >/dev/null; then
+    say "SLUICE_KAFKA_FRESH=1: starting from empty storage"
+    rm -rf "$RUN/data"
+  fi
   write_config
   if [[ ! -f "$RUN/data/meta.properties" ]]; then
     say "formatting storage in $RUN/data"
