@@ -115,7 +115,7 @@ impl Subscriptions {
             }
         }
         let topic = self.journal.topic_for(id);
-        let marks = self.resume_range(id, &topic, live.is_some()).await?;
+        let marks = self.resume_range(id, &topic, live.is_some(), after).await?;
         let start = after.map_or(0, |a| a + 1);
         if let Some(a) = after {
             if a >= marks.high && a >= 0 {
@@ -151,25 +151,36 @@ impl Subscriptions {
         }
     }
 
-    /// The offsets to replay below. For a stream running here the hub knows the newest offset
-    /// exactly (read after subscribing, so nothing falls between); otherwise Kafka is asked.
+    /// The offsets to replay below. For a stream running here the hub knows the newest offset it
+    /// published (read after subscribing, so nothing falls between); that is enough unless the
+    /// client resumes from further on, as after a restart, when a resumed run has not yet
+    /// published anything. Then, and for streams not running here, Kafka is asked.
     async fn resume_range(
         &self,
         id: &StreamId,
         topic: &str,
         live: bool,
+        after: Option<i64>,
     ) -> Result<Watermarks, Error> {
         // Stream topics keep their whole history while the stream runs (retention is Sluice's
         // sweeper, after the end), so a running stream's range starts at 0.
-        if let Some(s) = self.hub.get(id.as_str()).filter(|_| live) {
-            return Ok(Watermarks {
-                low: 0,
-                high: s.last_offset() + 1,
-            });
+        let local_high = self
+            .hub
+            .get(id.as_str())
+            .filter(|_| live)
+            .map(|s| s.last_offset() + 1);
+        if let Some(high) = local_high.filter(|h| after.is_none_or(|a| a < *h)) {
+            return Ok(Watermarks { low: 0, high });
         }
         match self.reader.watermarks(topic).await {
-            Ok(m) => Ok(m),
-            Err(reader::Error::UnknownTopic(_)) => Ok(Watermarks { low: 0, high: 0 }),
+            Ok(m) => Ok(Watermarks {
+                low: m.low,
+                high: m.high.max(local_high.unwrap_or(0)),
+            }),
+            Err(reader::Error::UnknownTopic(_)) => Ok(Watermarks {
+                low: 0,
+                high: local_high.unwrap_or(0),
+            }),
             Err(e) => Err(e.into()),
         }
     }

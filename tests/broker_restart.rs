@@ -17,6 +17,8 @@ fn kafka_script(cmd: &str) {
         .arg(script)
         .arg(cmd)
         .env("SLUICE_KAFKA_BROKERS", brokers())
+        // A restart must keep the broker's data: that is what this test is about.
+        .env_remove("SLUICE_KAFKA_FRESH")
         .status()
         .expect("run kafka.sh");
     assert!(status.success(), "kafka.sh {cmd} failed");
