@@ -28,9 +28,11 @@ pub enum Error {
     /// A client could not be created.
     #[error("kafka client: {0}")]
     Client(#[source] KafkaError),
-    /// A topic could not be created.
-    #[error("create topic {topic}: {code}")]
-    CreateTopic {
+    /// A topic could not be created or deleted.
+    #[error("{op} topic {topic}: {code}")]
+    Topic {
+        /// `create` or `delete`.
+        op: &'static str,
         /// The topic.
         topic: String,
         /// Kafka's error code.
@@ -72,6 +74,22 @@ pub struct Stored {
     pub partition: i32,
     /// The offset: the event id.
     pub offset: i64,
+}
+
+/// The first per-topic failure of an admin request, ignoring the `tolerated` code.
+fn admin_outcome(
+    results: Vec<rdkafka::admin::TopicResult>,
+    tolerated: RDKafkaErrorCode,
+    op: &'static str,
+) -> Result<(), Error> {
+    for r in results {
+        match r {
+            Ok(_) => {}
+            Err((_, code)) if code == tolerated => {}
+            Err((topic, code)) => return Err(Error::Topic { op, topic, code }),
+        }
+    }
+    Ok(())
 }
 
 /// The base configuration of every Kafka client: brokers plus `kafka.client_config`.
@@ -202,7 +220,11 @@ impl Journal {
                     .collect();
                 for (topic, tx) in batch {
                     let res = match codes.remove(&topic) {
-                        Some(code) => Err(Error::CreateTopic { topic, code }),
+                        Some(code) => Err(Error::Topic {
+                            op: "create",
+                            topic,
+                            code,
+                        }),
                         None => Ok(()),
                     };
                     let _ = tx.send(res);
@@ -232,13 +254,7 @@ impl Journal {
                 topic: topic.to_owned(),
                 source,
             })?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => return Err(Error::CreateTopic { topic, code }),
-            }
-        }
-        Ok(())
+        admin_outcome(results, RDKafkaErrorCode::TopicAlreadyExists, "create")
     }
 
     /// Deletes topics; missing ones are ignored.
@@ -255,13 +271,7 @@ impl Journal {
                 topic: topics.join(","),
                 source,
             })?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-                Err((topic, code)) => return Err(Error::CreateTopic { topic, code }),
-            }
-        }
-        Ok(())
+        admin_outcome(results, RDKafkaErrorCode::UnknownTopicOrPartition, "delete")
     }
 
     /// Enqueues a message now and returns a future for its acknowledgement. Messages enqueued in

@@ -42,7 +42,7 @@ async fn recv(ws: &mut Ws) -> Value {
 async fn websocket_request_streams_events_and_cancel_produces_cancelled() {
     let app = start(|_| {}).await;
     let mut ws = ws_connect(&app).await;
-    send(&mut ws, json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 3, "interval_ms": 10}})).await;
+    send(&mut ws, ticks(json!({"count": 3, "interval_ms": 10}))).await;
     let accepted = recv(&mut ws).await;
     assert_eq!(accepted["type"], "accepted");
     let quick = accepted["stream_id"].as_str().unwrap().to_owned();
@@ -74,7 +74,7 @@ async fn websocket_request_streams_events_and_cancel_produces_cancelled() {
         .all(|w| w[0]["id"].as_i64() < w[1]["id"].as_i64()));
 
     // A long stream on the same socket, cancelled once it has started.
-    send(&mut ws, json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 10000, "interval_ms": 20}})).await;
+    send(&mut ws, ticks(json!({"count": 10000, "interval_ms": 20}))).await;
     let long = recv(&mut ws).await["stream_id"]
         .as_str()
         .unwrap()
@@ -165,12 +165,9 @@ async fn http_api_statuses() {
         .unwrap();
     assert_eq!(r.status(), 422);
     assert_eq!(code(r.json().await.unwrap()), "unknown_handler");
-    let r = post(
-        json!({"type": "demo:stream_ticks:v1:requested", "payload": {"pad": "x".repeat(400)}})
-            .to_string(),
-    )
-    .await
-    .unwrap();
+    let r = post(ticks(json!({"pad": "x".repeat(400)})).to_string())
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     let r = post(
         json!({"type": "demo:stream_ticks:v1:requested", "stream_id": "no/slash"}).to_string(),
@@ -234,15 +231,7 @@ async fn http_api_statuses() {
     assert_eq!(ahead.status(), 400);
     assert_eq!(code(ahead.json().await.unwrap()), "last_event_id_ahead");
 
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(metrics.contains(r#"sluice_edge_rejected_total{reason="unknown_handler"} 1"#));
     assert!(metrics.contains(r#"sluice_edge_rejected_total{reason="too_large"} 1"#));
     app.shutdown().await;
@@ -251,7 +240,7 @@ async fn http_api_statuses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_tokens_guard_the_stream_endpoints() {
     let app = start(|s| s.edge.api_tokens = vec!["s3cret".into()]).await;
-    let body = json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 1, "interval_ms": 1}});
+    let body = ticks(json!({"count": 1, "interval_ms": 1}));
     let r = app
         .http
         .post(app.url("/v1/streams"))

@@ -25,15 +25,7 @@ async fn kafka_request_streams_to_sse_with_increasing_ids() {
     assert_eq!(done["metadata"]["trace"], "abc");
     assert_eq!(done["seq"], 6);
 
-    let status: serde_json::Value = app
-        .http
-        .get(app.url(&format!("/v1/streams/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = app.status(&id).await;
     assert_eq!(status["state"], "success");
     assert_eq!(status["chunks"], 5);
     assert_eq!(status["last_event_id"].as_i64(), events.last().unwrap().id);
@@ -75,7 +67,9 @@ async fn request_without_stream_id_gets_one_from_kafka_coordinates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_reconnect_with_last_event_id_gets_exactly_the_rest() {
     let app = start(|_| {}).await;
-    let id = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 12, "interval_ms": 30}})).await;
+    let id = app
+        .request(ticks(json!({"count": 12, "interval_ms": 30})))
+        .await;
     let mut first = app.sse(&id, None).await;
     let mut seen = Vec::new();
     while seen.len() < 5 {
@@ -104,7 +98,9 @@ async fn sse_reconnect_with_last_event_id_gets_exactly_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sse_clients_both_get_every_event() {
     let app = start(|_| {}).await;
-    let id = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 8, "interval_ms": 25}})).await;
+    let id = app
+        .request(ticks(json!({"count": 8, "interval_ms": 25})))
+        .await;
     let (mut a, mut b) = (app.sse(&id, None).await, app.sse(&id, None).await);
     let (ea, eb) = tokio::join!(a.collect(), b.collect());
     assert_complete(&ea, 8, "success");
@@ -117,7 +113,9 @@ async fn two_sse_clients_both_get_every_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_subscribers_get_heartbeats_without_ids() {
     let app = start(|s| s.provider.heartbeat_interval = Duration::from_millis(50)).await;
-    let id = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 3, "interval_ms": 300}})).await;
+    let id = app
+        .request(ticks(json!({"count": 3, "interval_ms": 300})))
+        .await;
     // Raw frames: an SSE client library carries the last id forward, so look at the wire itself.
     let body = app
         .http
@@ -173,8 +171,12 @@ async fn live_subscribers_get_heartbeats_without_ids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_panic_fails_the_stream_and_others_keep_running() {
     let app = start(|_| {}).await;
-    let bad = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 5, "interval_ms": 10, "panic_at": 3}})).await;
-    let good = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 4, "interval_ms": 10}})).await;
+    let bad = app
+        .request(ticks(json!({"count": 5, "interval_ms": 10, "panic_at": 3})))
+        .await;
+    let good = app
+        .request(ticks(json!({"count": 4, "interval_ms": 10})))
+        .await;
     let failed = app.sse(&bad, None).await.collect().await;
     assert_complete(&failed, 2, "failed");
     let payload = &failed.last().unwrap().data["payload"];
@@ -184,17 +186,11 @@ async fn handler_panic_fails_the_stream_and_others_keep_running() {
         .unwrap()
         .contains("demo panic at chunk 3"));
     assert_complete(&app.sse(&good, None).await.collect().await, 4, "success");
-    let after = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 2, "interval_ms": 1}})).await;
+    let after = app
+        .request(ticks(json!({"count": 2, "interval_ms": 1})))
+        .await;
     assert_complete(&app.sse(&after, None).await.collect().await, 2, "success");
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("sluice_handler_panics_total 1"),
         "panic counted"
@@ -205,8 +201,12 @@ async fn handler_panic_fails_the_stream_and_others_keep_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_error_and_short_timeout_end_the_stream() {
     let app = start(|s| s.provider.stream_timeout = Duration::from_millis(400)).await;
-    let failing = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 5, "interval_ms": 10, "fail_at": 2}})).await;
-    let slow = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 1000, "interval_ms": 50}})).await;
+    let failing = app
+        .request(ticks(json!({"count": 5, "interval_ms": 10, "fail_at": 2})))
+        .await;
+    let slow = app
+        .request(ticks(json!({"count": 1000, "interval_ms": 50})))
+        .await;
     let f = app.sse(&failing, None).await.collect().await;
     assert_complete(&f, 1, "failed");
     assert_eq!(f.last().unwrap().data["payload"]["code"], "demo_failure");
@@ -254,15 +254,7 @@ async fn malformed_intake_goes_to_the_dlq_and_the_consumer_goes_on() {
             .unwrap();
         assert_eq!(std::str::from_utf8(got).unwrap(), *reason);
     }
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains(r#"sluice_intake_rejected_total{reason="malformed_json"} 1"#),
         "{metrics}"
@@ -304,15 +296,7 @@ async fn unknown_handler_ends_in_failed_and_redelivery_runs_once() {
         first.len(),
         "a redelivered request never starts a second run"
     );
-    let status: serde_json::Value = app
-        .http
-        .get(app.url(&format!("/v1/streams/{dup}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = app.status(&dup).await;
     assert_eq!(status["attempts"], 1);
     app.shutdown().await;
 }
@@ -324,7 +308,9 @@ async fn expired_last_event_id_is_told_history_was_lost() {
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
     let app = start(|_| {}).await;
-    let id = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 5, "interval_ms": 1}})).await;
+    let id = app
+        .request(ticks(json!({"count": 5, "interval_ms": 1})))
+        .await;
     let all = app.sse(&id, None).await.collect().await;
     assert_complete(&all, 5, "success");
 

@@ -34,7 +34,9 @@ async fn retention_sweep_deletes_topic_and_record_then_sse_is_gone() {
         s.retention.sweep_interval = Duration::from_millis(100);
     })
     .await;
-    let id = app.request(json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 2, "interval_ms": 1}})).await;
+    let id = app
+        .request(ticks(json!({"count": 2, "interval_ms": 1})))
+        .await;
     assert_complete(&app.sse(&id, None).await.collect().await, 2, "success");
     let topic = format!("{}{}", app.settings.kafka.stream_topic_prefix, id);
     let url = app.url(&format!("/v1/streams/{id}/events"));
@@ -77,7 +79,7 @@ async fn retention_sweep_deletes_topic_and_record_then_sse_is_gone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cap_on_live_topics_refuses_new_streams_clearly() {
     let app = start(|s| s.retention.max_stream_topics = 2).await;
-    let long = json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 100000, "interval_ms": 50}});
+    let long = ticks(json!({"count": 100000, "interval_ms": 50}));
     let a = app.request(long.clone()).await;
     let b = app.request(long.clone()).await;
     for id in [&a, &b] {
@@ -111,15 +113,7 @@ async fn the_cap_on_live_topics_refuses_new_streams_clearly() {
         .and_then(|h| h.value)
         .unwrap();
     assert_eq!(reason, b"at_capacity");
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(metrics.contains("sluice_stream_topics 2"), "{metrics}");
     app.http
         .delete(app.url(&format!("/v1/streams/{a}")))
@@ -132,7 +126,7 @@ async fn the_cap_on_live_topics_refuses_new_streams_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_record_fails_its_stream_and_the_others_resume() {
     let app = start(|_| {}).await;
-    let body = json!({"type": "demo:stream_ticks:v1:requested", "payload": {"count": 25, "interval_ms": 40}});
+    let body = ticks(json!({"count": 25, "interval_ms": 40}));
     let broken = app.request(body.clone()).await;
     let healthy = app.request(body).await;
     for id in [&broken, &healthy] {

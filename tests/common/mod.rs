@@ -40,6 +40,11 @@ pub fn require_kafka() {
     );
 }
 
+/// A `demo:stream_ticks` request body.
+pub fn ticks(payload: Value) -> Value {
+    serde_json::json!({"type": "demo:stream_ticks:v1:requested", "payload": payload})
+}
+
 /// A short unique name.
 pub fn unique(prefix: &str) -> String {
     format!(
@@ -161,6 +166,30 @@ impl TestApp {
             .await
             .map_err(|(e, _)| e)
             .expect("produce to intake");
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /v1/streams/{id}` as JSON.
+    pub async fn status(&self, id: &str) -> Value {
+        self.http
+            .get(self.url(&format!("/v1/streams/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// Requests a stream over HTTP and returns its id.
