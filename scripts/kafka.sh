@@ -34,7 +34,8 @@ reachable() { (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null; }
 running_pid() {
   [[ -f "$PID" ]] || return 1
   local p; p=$(cat "$PID")
-  kill -0 "$p" 2>/dev/null && echo "$p"
+  # A stale pid file (the machine or session was stopped) may name an unrelated process now.
+  kill -0 "$p" 2>/dev/null && grep -q "kafka" "/proc/$p/cmdline" 2>/dev/null && echo "$p"
 }
 
 fetch_jars() {
@@ -166,7 +167,7 @@ stop() {
 case "${1:-start}" in
   start) start ;;
   stop) stop ;;
-  status) reachable && say "reachable at $HOST:$PORT" ;;
+  status) if reachable; then say "reachable at $HOST:$PORT"; else say "not reachable at $HOST:$PORT"; exit 1; fi ;;
   reset) stop; rm -rf "$RUN" ;;
   *) echo "usage: $0 start|stop|status|reset" >&2; exit 2 ;;
 esac
