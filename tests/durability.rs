@@ -78,21 +78,7 @@ async fn spawn(config: &Path) -> Proc {
         child,
         base: format!("http://{addr}"),
     };
-    let http = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !http
-        .get(format!("{}/readyz", p.base))
-        .send()
-        .await
-        .map(|r| r.status().is_success())
-        .unwrap_or(false)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "sluice never became ready"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    wait_ready(&reqwest::Client::new(), &p.base).await;
     p
 }
 

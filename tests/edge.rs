@@ -241,31 +241,16 @@ async fn http_api_statuses() {
 async fn api_tokens_guard_the_stream_endpoints() {
     let app = start(|s| s.edge.api_tokens = vec!["s3cret".into()]).await;
     let body = ticks(json!({"count": 1, "interval_ms": 1}));
-    let r = app
-        .http
-        .post(app.url("/v1/streams"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let r = app
-        .http
-        .post(app.url("/v1/streams"))
-        .bearer_auth("wrong")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let r = app
-        .http
-        .post(app.url("/v1/streams"))
-        .bearer_auth("s3cret")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let post = |token: Option<&'static str>| {
+        let req = app.http.post(app.url("/v1/streams")).json(&body);
+        match token {
+            Some(t) => req.bearer_auth(t).send(),
+            None => req.send(),
+        }
+    };
+    assert_eq!(post(None).await.unwrap().status(), 401);
+    assert_eq!(post(Some("wrong")).await.unwrap().status(), 401);
+    let r = post(Some("s3cret")).await.unwrap();
     assert_eq!(r.status(), 202);
     let id = r.json::<Value>().await.unwrap()["stream_id"]
         .as_str()

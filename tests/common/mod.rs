@@ -40,6 +40,27 @@ pub fn require_kafka() {
     );
 }
 
+/// Waits until `{base}/readyz` answers 200: broker reachable, store open, intake assigned.
+pub async fn wait_ready(http: &reqwest::Client, base: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ready = http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false);
+        if ready {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sluice never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A `demo:stream_ticks` request body.
 pub fn ticks(payload: Value) -> Value {
     serde_json::json!({"type": "demo:stream_ticks:v1:requested", "payload": payload})
@@ -132,24 +153,7 @@ impl TestApp {
 
     /// Waits until `/readyz` says the intake consumer has its assignment.
     pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let ready = self
-                .http
-                .get(self.url("/readyz"))
-                .send()
-                .await
-                .map(|r| r.status().is_success())
-                .unwrap_or(false);
-            if ready {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "app never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_ready(&self.http, &self.url("")).await;
     }
 
     /// Produces raw bytes to the intake topic, as an external service would.
