@@ -31,11 +31,13 @@ say() { echo "kafka.sh: $*" >&2; }
 
 reachable() { (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null; }
 
+# The broker JVMs of this run directory, found by their command line (not by a wrapper's pid).
+broker_pids() { pgrep -f "kafka.Kafka $RUN/server.properties" 2>/dev/null || true; }
+
 running_pid() {
-  [[ -f "$PID" ]] || return 1
-  local p; p=$(cat "$PID")
-  # A stale pid file (the machine or session was stopped) may name an unrelated process now.
-  kill -0 "$p" 2>/dev/null && grep -q "kafka" "/proc/$p/cmdline" 2>/dev/null && echo "$p"
+  local p
+  p=$(broker_pids | head -1)
+  [[ -n "$p" ]] && echo "$p"
 }
 
 fetch_jars() {
@@ -119,6 +121,7 @@ java_run() {
 start() {
   if reachable; then say "broker already reachable at $HOST:$PORT; using it"; return 0; fi
   if p=$(running_pid); then say "broker process $p exists but $HOST:$PORT does not answer yet"; fi
+  command -v pgrep >/dev/null || { say "pgrep (procps) is required; run scripts/setup.sh"; exit 1; }
   fetch_jars
   if [[ "${SLUICE_KAFKA_FRESH:-0}" == 1 ]] && ! running_pid >/dev/null; then
     say "SLUICE_KAFKA_FRESH=1: starting from empty storage"
@@ -136,13 +139,15 @@ start() {
   if ! running_pid >/dev/null; then
     say "starting Kafka $KAFKA_VERSION on $HOST:$PORT (log: $LOG)"
     : >"$LOG"
-    nohup bash -c "$(declare -f java_run); HEAP='$HEAP' RUN='$RUN' JARS='$JARS'; java_run kafka.Kafka '$RUN/server.properties'" \
-      >"$RUN/stdout.log" 2>&1 &
+    # shellcheck disable=SC2086
+    nohup java $HEAP -XX:+UseG1GC -Djava.awt.headless=true \
+      -Dlog4j2.configurationFile="$RUN/log4j2.properties" \
+      -cp "$JARS/*" kafka.Kafka "$RUN/server.properties" >"$RUN/stdout.log" 2>&1 &
     echo $! >"$PID"
   fi
   local deadline=$((SECONDS + ${KAFKA_START_TIMEOUT:-120}))
   until reachable && grep -q "Kafka Server started" "$LOG" 2>/dev/null; do
-    if ! running_pid >/dev/null; then
+    if [[ -z "$(broker_pids)" ]]; then
       say "broker exited during start-up; last lines:"; tail -30 "$RUN/stdout.log" "$LOG" >&2 || true; exit 1
     fi
     if (( SECONDS > deadline )); then say "broker did not answer within the timeout"; tail -30 "$LOG" >&2; exit 1; fi
@@ -152,15 +157,26 @@ start() {
 }
 
 stop() {
-  local p
-  if p=$(running_pid); then
-    say "stopping broker (pid $p)"
-    pkill -TERM -P "$p" 2>/dev/null || true
-    kill -TERM "$p" 2>/dev/null || true
-    for _ in $(seq 1 60); do kill -0 "$p" 2>/dev/null || break; sleep 0.5; done
-    pkill -KILL -P "$p" 2>/dev/null || true
-    kill -KILL "$p" 2>/dev/null || true
+  local pids
+  pids=$(broker_pids)
+  if [[ -n "$pids" ]]; then
+    say "stopping broker (pid $(echo $pids))"
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    local deadline=$((SECONDS + ${KAFKA_STOP_TIMEOUT:-60}))
+    while [[ -n "$(broker_pids)" ]] && ((SECONDS < deadline)); do sleep 0.2; done
+    pids=$(broker_pids)
+    if [[ -n "$pids" ]]; then
+      say "broker did not stop within the timeout; killing it"
+      # shellcheck disable=SC2086
+      kill -KILL $pids 2>/dev/null || true
+      while [[ -n "$(broker_pids)" ]]; do sleep 0.1; done
+    fi
   fi
+  # The process is gone; wait for the kernel to release the listener too, so a restart cannot race it.
+  local deadline=$((SECONDS + 30))
+  while reachable && ((SECONDS < deadline)); do sleep 0.2; done
+  if reachable; then say "something still answers on $HOST:$PORT after stop"; exit 1; fi
   rm -f "$PID"
 }
 

@@ -1,22 +1,105 @@
 #!/usr/bin/env bash
-# Installs what building and testing Sluice needs on a fresh Debian machine (idempotent).
-# Rust (cargo), Java 17+ and Maven are expected; libclang (RocksDB's bindgen) and Prometheus
-# (the dashboard check) come from Debian's packages.
+# Installs, then verifies, everything that building, running and testing Sluice needs on a Debian
+# machine. Idempotent. Each prerequisite is checked by what the build or a script really uses (an
+# exact library file, a command, a Java major version), never by a substring of some other name.
+#
+#   scripts/setup.sh           # install what is missing, then verify; exit 1 naming what is absent
+#   scripts/setup.sh --check   # verify only; never installs
+#
+# Rust (cargo) is expected from rustup; everything else comes from Debian's packages.
 set -euo pipefail
 say() { echo "setup.sh: $*" >&2; }
 SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+MODE="${1:-install}"
 
-need=()
-ldconfig -p 2>/dev/null | grep -q 'libclang' || dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
-command -v cmake >/dev/null || need+=(cmake)
-command -v c++ >/dev/null || need+=(build-essential)
-command -v prometheus >/dev/null || need+=(prometheus)
-command -v java >/dev/null || need+=(openjdk-17-jre-headless)
-command -v mvn >/dev/null || need+=(maven)
-if ((${#need[@]})); then
-  say "installing ${need[*]}"
+# --- checks: each prints nothing and succeeds when the piece is really there -------------------
+
+# bindgen (RocksDB's build) loads libclang by its unversioned development name, which only
+# libclang-dev provides; libclang-cpp.so.N or libclang-N.so.1 alone do not satisfy it.
+libclang_path() {
+  local d f
+  for d in ${LIBCLANG_PATH:-} /usr/lib/llvm-*/lib /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/lib /usr/local/lib; do
+    for f in "$d"/libclang.so "$d"/libclang-[0-9]*.so; do
+      [[ -e "$f" ]] && { echo "$f"; return 0; }
+    done
+  done
+  return 1
+}
+# bindgen also needs clang's own headers (stddef.h) next to the library.
+clang_headers() { compgen -G "/usr/lib/llvm-*/lib/clang/*/include/stddef.h" >/dev/null; }
+java_major() {
+  command -v java >/dev/null || return 1
+  java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1
+}
+java_ok() { local v; v=$(java_major) && [[ -n "$v" ]] && ((v >= 17)); }
+
+# name | check | Debian package (JRE resolved later by what apt offers)
+CHECKS=(
+  "libclang (libclang.so for bindgen)|libclang_path >/dev/null && clang_headers|libclang-dev"
+  "C/C++ compiler and make|command -v cc && command -v c++ && command -v make|build-essential"
+  "pkg-config|command -v pkg-config|pkg-config"
+  "curl|command -v curl|curl"
+  "python3|command -v python3|python3"
+  "pkill/pgrep (procps)|command -v pkill && command -v pgrep|procps"
+  "Java 17+ runtime (Kafka broker)|java_ok|@jre"
+  "Maven (fetches Kafka's jars)|command -v mvn|maven"
+  "prometheus (dashboard check)|command -v prometheus|prometheus"
+  "promtool (dashboard check)|command -v promtool|prometheus"
+)
+
+missing() {
+  local entry name check
+  for entry in "${CHECKS[@]}"; do
+    IFS='|' read -r name check _ <<<"$entry"
+    eval "$check" >/dev/null 2>&1 || echo "$entry"
+  done
+}
+
+# The newest OpenJDK runtime this release offers (17 is gone from some newer Debian releases).
+pick_jre() {
+  local p
+  for p in openjdk-25-jre-headless openjdk-21-jre-headless openjdk-17-jre-headless default-jre-headless; do
+    if apt-cache show "$p" >/dev/null 2>&1 && [[ -n "$(apt-cache policy "$p" | sed -n 's/ *Candidate: //p' | grep -v none)" ]]; then
+      echo "$p"; return 0
+    fi
+  done
+  return 1
+}
+
+install_missing() {
+  local todo; todo=$(missing)
+  [[ -z "$todo" ]] && return 0
+  command -v apt-get >/dev/null || { say "apt-get not found: install these by hand:"; echo "$todo" | cut -d'|' -f1 >&2; exit 1; }
+  say "updating the package index"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-command -v cargo >/dev/null || { say "cargo not found: install Rust from https://rustup.rs"; exit 1; }
-say "ok"
+  local pkgs=() pkg
+  while IFS='|' read -r _ _ pkg; do
+    if [[ "$pkg" == "@jre" ]]; then
+      pkg=$(pick_jre) || { say "no OpenJDK 17+ runtime package is offered by apt"; exit 1; }
+    fi
+    [[ " ${pkgs[*]} " == *" $pkg "* ]] || pkgs+=("$pkg")
+  done <<<"$todo"
+  say "installing ${pkgs[*]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  hash -r
+}
+
+verify() {
+  local todo; todo=$(missing)
+  command -v cargo >/dev/null || todo+=$'\n'"cargo|command -v cargo|Rust from https://rustup.rs"
+  todo=$(sed '/^$/d' <<<"$todo")
+  if [[ -n "$todo" ]]; then
+    say "MISSING prerequisites:"
+    while IFS='|' read -r name check pkg; do
+      say "  - $name: check \`$check\` failed (provided by: ${pkg/@jre/an OpenJDK 17+ JRE})"
+    done <<<"$todo"
+    exit 1
+  fi
+  say "ok: libclang at $(libclang_path), java $(java_major), $(cargo --version)"
+}
+
+case "$MODE" in
+  install | "") install_missing; verify ;;
+  --check) verify ;;
+  *) echo "usage: $0 [--check]" >&2; exit 2 ;;
+esac

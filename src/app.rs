@@ -47,15 +47,17 @@ pub struct App {
 }
 
 impl App {
-    /// Builds Sluice with the built-in handlers.
+    /// Builds Sluice with the built-in handlers the settings enable.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
-        App::build_with(settings, Registry::with_builtins()).await
+        let registry = builtin_handlers(&settings);
+        App::build_with(settings, registry).await
     }
 
     /// Builds Sluice with the given handler registry.
     pub async fn build_with(settings: Settings, registry: Registry) -> anyhow::Result<App> {
         settings.validate()?;
-        let metrics = Arc::new(Metrics::new()?);
+        let metrics =
+            Arc::new(Metrics::new()?.with_kinds(registry.kinds().map(str::to_owned)));
         let registry = Arc::new(registry);
         let store = Store::open(&settings.store.path)?;
         let journal = Arc::new(Journal::new(&settings.kafka, metrics.clone())?);
@@ -153,9 +155,16 @@ impl App {
     /// Runs until `shutdown` completes, then shuts down in order.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let grace = self.settings.shutdown.grace_period;
-        let resumed = self.pool.resume_interrupted().await?;
-        tracing::info!(resumed, addr = %self.addr, "sluice is running");
+        tracing::info!(addr = %self.addr, "sluice is running");
         let tasks = TaskTracker::new();
+        // Interrupted streams resume in the background: the edge and /healthz never wait for them.
+        let pool = self.pool.clone();
+        tasks.spawn(async move {
+            match pool.resume_interrupted().await {
+                Ok(resumed) => tracing::info!(resumed, "interrupted streams relaunched"),
+                Err(e) => tracing::error!(error = %e, "interrupted streams could not be listed"),
+            }
+        });
         let intake_stop = CancellationToken::new();
         let intake = tasks.spawn(self.intake.run(intake_stop.clone()));
         tasks.spawn(self.sweeper.run(intake_stop.clone()));
@@ -199,6 +208,17 @@ impl App {
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// The built-in handlers the settings enable: `demo:stream_ticks` unless `handlers.demo.enabled`
+/// is false.
+pub fn builtin_handlers(settings: &Settings) -> Registry {
+    let mut registry = Registry::new();
+    if settings.handlers.demo.enabled {
+        let ticks = crate::demo::Ticks::new(settings.provider.max_chunk_bytes);
+        registry.register("demo:stream_ticks", ticks);
+    }
+    registry
 }
 
 async fn step(name: &str, grace: std::time::Duration, f: impl Future<Output = ()>) {

@@ -4,6 +4,9 @@
 //! `{"count": 10, "interval_ms": 100, "fail_at": null, "panic_at": null, "checkpoint_every": 1, "pad_bytes": 0}`.
 //! Each chunk is `{"n": <1-based>, "at": <unix microseconds>}` plus `"pad"` when `pad_bytes > 0`.
 //! It resumes from a `{"n": <last>}` cursor.
+//!
+//! The payload is untrusted: `count`, `interval_ms` and `pad_bytes` are checked against limits
+//! before anything is allocated, and a violation fails the stream with `invalid_payload`.
 
 use std::time::Duration;
 
@@ -13,8 +16,25 @@ use serde_json::{json, Value};
 
 use crate::handler::{HandlerError, StreamContext, StreamHandler};
 
+/// Most chunks one demo stream may ask for.
+pub const MAX_COUNT: u64 = 10_000_000;
+/// Longest interval between demo chunks.
+pub const MAX_INTERVAL_MS: u64 = 3_600_000;
+
 /// The `demo:stream_ticks` handler.
-pub struct Ticks;
+pub struct Ticks {
+    /// Largest `pad_bytes` accepted: the provider's `max_chunk_bytes`.
+    max_pad_bytes: usize,
+}
+
+impl Ticks {
+    /// A handler whose padded chunks stay within `max_chunk_bytes`.
+    pub fn new(max_chunk_bytes: usize) -> Ticks {
+        Ticks {
+            max_pad_bytes: max_chunk_bytes,
+        }
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(default)]
@@ -24,7 +44,32 @@ struct Params {
     fail_at: Option<u64>,
     panic_at: Option<u64>,
     checkpoint_every: u64,
-    pad_bytes: usize,
+    pad_bytes: u64,
+}
+
+impl Params {
+    fn check(&self, max_pad_bytes: usize) -> Result<(), HandlerError> {
+        let over = |field: &str, value: u64, max: u64| {
+            HandlerError::new(
+                "invalid_payload",
+                format!("{field} is {value}; the most accepted is {max}"),
+            )
+        };
+        if self.count > MAX_COUNT {
+            return Err(over("count", self.count, MAX_COUNT));
+        }
+        if self.interval_ms > MAX_INTERVAL_MS {
+            return Err(over("interval_ms", self.interval_ms, MAX_INTERVAL_MS));
+        }
+        if self.pad_bytes > max_pad_bytes as u64 {
+            return Err(over(
+                "pad_bytes",
+                self.pad_bytes,
+                max_pad_bytes as u64,
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Params {
@@ -50,12 +95,13 @@ impl StreamHandler for Ticks {
     async fn run(&self, ctx: StreamContext) -> Result<(), HandlerError> {
         let p: Params = serde_json::from_value(ctx.request().payload.clone())
             .map_err(|e| HandlerError::new("invalid_payload", e.to_string()))?;
+        p.check(self.max_pad_bytes)?;
         let first = ctx
             .resume_from()
             .and_then(|c| c.get("n"))
             .and_then(Value::as_u64)
             .map_or(1, |n| n + 1);
-        let pad = "x".repeat(p.pad_bytes);
+        let pad = "x".repeat(p.pad_bytes as usize);
         let mut ticker = tokio::time::interval(Duration::from_millis(p.interval_ms.max(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for n in first..=p.count {
@@ -110,7 +156,7 @@ mod tests {
             tx,
             CancellationToken::new(),
         );
-        let res = Ticks.run(ctx).await;
+        let res = Ticks::new(1000).run(ctx).await;
         let mut out = Vec::new();
         while let Ok(o) = rx.try_recv() {
             out.push(o);
@@ -160,5 +206,23 @@ mod tests {
         assert_eq!(chunk_ns(&out), vec![1]);
         let (res, _) = run(json!({"count": "ten"}), None).await;
         assert_eq!(res.unwrap_err().code, "invalid_payload");
+    }
+
+    #[tokio::test]
+    async fn out_of_range_parameters_fail_before_allocating() {
+        for payload in [
+            json!({"count": 1, "pad_bytes": 100_000_000_000u64}),
+            json!({"count": 1, "pad_bytes": 1001}),
+            json!({"count": MAX_COUNT + 1}),
+            json!({"count": 1, "interval_ms": MAX_INTERVAL_MS + 1}),
+        ] {
+            let (res, out) = run(payload.clone(), None).await;
+            let err = res.expect_err("refused");
+            assert_eq!(err.code, "invalid_payload", "{payload}");
+            assert!(out.is_empty(), "nothing emitted for {payload}");
+        }
+        let (res, out) = run(json!({"count": 1, "interval_ms": 0, "pad_bytes": 1000}), None).await;
+        res.unwrap();
+        assert_eq!(chunk_ns(&out), vec![1]);
     }
 }

@@ -141,16 +141,14 @@ impl Registry {
         Registry::default()
     }
 
-    /// A registry with the built-in handlers (`demo:stream_ticks`).
-    pub fn with_builtins() -> Self {
-        let mut r = Registry::new();
-        r.register("demo:stream_ticks", crate::demo::Ticks);
-        r
-    }
-
     /// Registers `handler` for `kind` (`service:action`), replacing any earlier one.
     pub fn register(&mut self, kind: &str, handler: impl StreamHandler) {
         self.handlers.insert(kind.to_owned(), Arc::new(handler));
+    }
+
+    /// The registered `service:action` names.
+    pub fn kinds(&self) -> impl Iterator<Item = &str> {
+        self.handlers.keys().map(String::as_str)
     }
 
     /// The handler for an event type, if one is registered.

@@ -184,12 +184,16 @@ impl Intake {
                     .await
             }
         };
-        if !self.registry.is_streaming(&request.event_type) {
-            let detail = format!(
-                "{} is not a streaming type and has no handler",
-                request.event_type
-            );
-            return self.dead_letter(m, "not_streaming", &detail, cancel).await;
+        if self.registry.get(&request.event_type).is_none() {
+            // Refused before any topic, record or label exists for it.
+            let (reason, detail) = if self.registry.is_streaming(&request.event_type) {
+                let kind = request.event_type.kind();
+                ("unknown_handler", format!("no handler is registered for {kind}"))
+            } else {
+                let t = &request.event_type;
+                ("not_streaming", format!("{t} is not a streaming type and has no handler"))
+            };
+            return self.dead_letter(m, reason, &detail, cancel).await;
         }
         let stream_id = request
             .stream_id

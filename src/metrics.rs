@@ -3,6 +3,7 @@
 //!
 //! Labels are bounded: service, action, outcome, reason and transport. A stream id is never a label.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use prometheus::{
@@ -51,13 +52,14 @@ pub mod names {
 }
 
 /// Every reason intake dead-letters a message for; each series exists from start-up.
-pub const INTAKE_REASONS: [&str; 7] = [
+pub const INTAKE_REASONS: [&str; 8] = [
     "malformed_json",
     "invalid_type",
     "wrong_state",
     "invalid_stream_id",
     "too_large",
     "not_streaming",
+    "unknown_handler",
     "at_capacity",
 ];
 
@@ -82,7 +84,12 @@ pub struct Metrics {
     streams_resumed: IntCounterVec,
     stream_topics: IntGauge,
     streams_swept: IntCounter,
+    /// `service:action` pairs that may appear as label values; everything else is `other`.
+    kinds: HashMap<String, HashSet<String>>,
 }
+
+/// The `service` and `action` label value for a type with no registered handler.
+pub const OTHER: &str = "other";
 
 fn latency_buckets() -> Vec<f64> {
     vec![
@@ -196,6 +203,7 @@ impl Metrics {
                 "Finished streams whose topic and record retention deleted.",
             )?,
             registry: registry.clone(),
+            kinds: HashMap::new(),
         };
         reg(Box::new(build_info))?;
         reg(Box::new(m.streams_started.clone()))?;
@@ -225,6 +233,29 @@ impl Metrics {
         Ok(m)
     }
 
+    /// Names the registered handlers (`service:action`): only these become `service`/`action`
+    /// label values. Any other pair, which only client input could name, is counted as `other`.
+    pub fn with_kinds(mut self, kinds: impl IntoIterator<Item = String>) -> Metrics {
+        for kind in kinds {
+            if let Some((service, action)) = kind.split_once(':') {
+                self.kinds
+                    .entry(service.to_owned())
+                    .or_default()
+                    .insert(action.to_owned());
+            }
+        }
+        self
+    }
+
+    /// Bounded label values for a `service`/`action` pair.
+    fn kind<'a>(&self, service: &'a str, action: &'a str) -> [&'a str; 2] {
+        if self.kinds.get(service).is_some_and(|a| a.contains(action)) {
+            [service, action]
+        } else {
+            [OTHER, OTHER]
+        }
+    }
+
     /// The registry in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -246,10 +277,10 @@ impl Metrics {
     ) {
         tracing::info!(stream_id, event_type, attempt, "Processing streaming event");
         self.streams_started
-            .with_label_values(&[service, action])
+            .with_label_values(&self.kind(service, action))
             .inc();
         self.streams_active
-            .with_label_values(&[service, action])
+            .with_label_values(&self.kind(service, action))
             .inc();
     }
 
@@ -263,11 +294,8 @@ impl Metrics {
         detail: Option<&str>,
     ) {
         let duration_ms = duration.as_millis() as u64;
-        let (service, action, outcome) = (
-            event_type.service(),
-            event_type.action(),
-            event_type.state().as_str(),
-        );
+        let [service, action_label] = self.kind(event_type.service(), event_type.action());
+        let (action, outcome) = (event_type.action(), event_type.state().as_str());
         let event_type = event_type.to_string();
         if outcome == "success" {
             tracing::info!(
@@ -291,24 +319,24 @@ impl Metrics {
             );
         }
         self.streams_finished
-            .with_label_values(&[service, action, outcome])
+            .with_label_values(&[service, action_label, outcome])
             .inc();
         self.stream_duration
-            .with_label_values(&[service, action, outcome])
+            .with_label_values(&[service, action_label, outcome])
             .observe(duration.as_secs_f64());
     }
 
     /// A started stream stopped running on this process (finished or handed over at shutdown).
     pub fn stream_inactive(&self, service: &str, action: &str) {
         self.streams_active
-            .with_label_values(&[service, action])
+            .with_label_values(&self.kind(service, action))
             .dec();
     }
 
     /// A chunk was durably stored.
     pub fn chunk_stored(&self, service: &str, action: &str) {
         self.stream_chunks
-            .with_label_values(&[service, action])
+            .with_label_values(&self.kind(service, action))
             .inc();
     }
 
@@ -379,7 +407,7 @@ impl Metrics {
     pub fn stream_resumed(&self, service: &str, action: &str, stream_id: &str, attempt: u32) {
         tracing::info!(stream_id, attempt, "resuming interrupted stream");
         self.streams_resumed
-            .with_label_values(&[service, action])
+            .with_label_values(&self.kind(service, action))
             .inc();
     }
 }
@@ -422,7 +450,9 @@ mod tests {
 
     #[test]
     fn renders_every_family_with_bounded_labels() {
-        let m = Metrics::new().unwrap();
+        let m = Metrics::new()
+            .unwrap()
+            .with_kinds(["demo:stream_ticks".to_owned()]);
         m.stream_started(
             "demo",
             "stream_ticks",
@@ -452,5 +482,25 @@ mod tests {
         }
         assert!(!text.contains("s1"), "stream ids must never be labels");
         assert!(text.contains("sluice_edge_connections{transport=\"sse\"} 0"));
+    }
+
+    #[test]
+    fn unregistered_kinds_are_counted_as_other() {
+        let m = Metrics::new()
+            .unwrap()
+            .with_kinds(["demo:stream_ticks".to_owned()]);
+        for (service, action) in [("foo123", "stream_x"), ("demo", "stream_x"), ("x", "stream_ticks")] {
+            m.stream_started(service, action, "s", "t", 1);
+            m.chunk_stored(service, action);
+            m.stream_resumed(service, action, "s", 2);
+            let t = crate::event::EventType::parse(&format!("{service}:{action}:v1:failed")).unwrap();
+            m.stream_finished(&t, "s", 0, Duration::ZERO, Some("x"));
+        }
+        let text = m.render();
+        for client_value in ["foo123", "stream_x", "\"x\""] {
+            assert!(!text.contains(client_value), "{client_value} became a label value:\n{text}");
+        }
+        assert!(text.contains(r#"sluice_streams_started_total{action="other",service="other"} 3"#));
+        assert!(text.contains(r#"sluice_streams_finished_total{action="other",outcome="failed",service="other"} 3"#));
     }
 }

@@ -5,14 +5,17 @@
 //! When every permit is taken, `admit` waits: requests are never dropped. This module does not read
 //! Kafka; intake calls it.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+
+use futures::FutureExt;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::event::{Request, StreamId};
-use crate::provider::Provider;
+use crate::provider::{Launch, Provider};
 use crate::retention::TopicBudget;
 use crate::store::{self, Durability, StreamRecord};
 
@@ -92,7 +95,7 @@ impl Pool {
             return Err(e);
         }
         p.metrics.stream_topics_in_use(self.budget.used());
-        self.launch(permit, record, live);
+        self.launch(permit, record, live, Launch::New);
         Ok(Admission::Started)
     }
 
@@ -101,11 +104,18 @@ impl Pool {
         permit: OwnedSemaphorePermit,
         record: StreamRecord,
         live: Arc<crate::hub::LiveStream>,
+        launch: Launch,
     ) {
         let provider = self.provider.clone();
         let shutdown = self.shutdown.clone();
+        let id = record.stream_id.clone();
         self.tracker.spawn(async move {
-            provider.run(record, live, shutdown).await;
+            let run = AssertUnwindSafe(provider.run(record, live, shutdown, launch));
+            if run.catch_unwind().await.is_err() {
+                // The provider already left the hub (drop guard); the record is not terminal,
+                // so the stream resumes, from what its topic holds, on the next start.
+                tracing::error!(stream_id = id, "stream run panicked outside its handler; it resumes on the next start");
+            }
             drop(permit);
         });
     }
@@ -132,7 +142,19 @@ impl Pool {
             let Some(live) = self.provider.hub.register(&id) else {
                 continue;
             };
-            self.launch(permit, rec, live);
+            // The scan is a snapshot: a stream admitted after start-up may have finished since.
+            let rec = match self.provider.store.get(&id).await {
+                Ok(Some(now)) if !now.state.is_terminal() => now,
+                Ok(_) => {
+                    self.provider.hub.remove(&id);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(stream_id = id, error = %e, "stream record re-read failed; resuming from the scanned copy");
+                    rec
+                }
+            };
+            self.launch(permit, rec, live, Launch::Resume);
             resumed += 1;
         }
         Ok(resumed)

@@ -5,10 +5,12 @@
 //! run already stored) and the terminal outcome. Writing the topic in order is the stream writer's
 //! job. It does not decide which streams run; the pool and intake do.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::StreamExt;
+use futures::FutureExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -42,6 +44,27 @@ pub struct Provider {
     pub settings: ProviderSettings,
 }
 
+/// Why a run starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launch {
+    /// A stream just admitted from a request.
+    New,
+    /// A stream relaunched after this or an earlier process stopped.
+    Resume,
+}
+
+/// Removes a stream from the hub however its run ends: return, early exit or panic.
+struct Registration<'a> {
+    hub: &'a Hub,
+    id: &'a str,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.hub.remove(self.id);
+    }
+}
+
 /// How a run's main loop ended.
 enum End {
     HandlerDone,
@@ -59,32 +82,40 @@ struct Run<'a> {
     started: Instant,
 }
 
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panicked".into())
+}
+
 fn panic_message(err: tokio::task::JoinError) -> String {
     match err.try_into_panic() {
-        Ok(p) => p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "handler panicked".into()),
+        Ok(p) => panic_text(p.as_ref()),
         Err(e) => e.to_string(),
     }
 }
 
 impl Provider {
-    /// Runs a registered stream until it ends or `shutdown` fires, then unregisters it.
+    /// Runs a registered stream until it ends or `shutdown` fires, then unregisters it, also
+    /// when the run panics (its record then stays resumable).
     pub async fn run(
         self: Arc<Self>,
         record: StreamRecord,
         live: Arc<LiveStream>,
         shutdown: CancellationToken,
+        launch: Launch,
     ) {
         let id = record.stream_id.clone();
+        let _registration = Registration {
+            hub: &self.hub,
+            id: &id,
+        };
         let Ok(stream_id) = StreamId::parse(&id) else {
             tracing::error!(
                 stream_id = id,
                 "refusing to run a stream with an invalid id"
             );
-            self.hub.remove(&id);
             return;
         };
         let w = StreamWriter::new(
@@ -100,8 +131,7 @@ impl Provider {
             w,
             started: Instant::now(),
         };
-        run.execute(&shutdown).await;
-        self.hub.remove(&id);
+        run.execute(&shutdown, launch).await;
     }
 }
 
@@ -156,7 +186,7 @@ impl Provider {
 }
 
 impl Run<'_> {
-    async fn execute(&mut self, shutdown: &CancellationToken) {
+    async fn execute(&mut self, shutdown: &CancellationToken, launch: Launch) {
         let (service, action) = (
             self.w.requested.service().to_owned(),
             self.w.requested.action().to_owned(),
@@ -164,25 +194,25 @@ impl Run<'_> {
         if !self.create_topic(shutdown).await {
             return;
         }
+        // A run that follows any earlier attempt, whatever the record says about checkpoints,
+        // first finds what the topic already holds.
+        let resuming = launch == Launch::Resume || self.w.record.attempts > 0;
         self.w.record.attempts += 1;
         self.w.record.state = StreamState::Running;
-        if self.w.record.next_seq > 0 {
+        if resuming {
             self.p.metrics.stream_resumed(
                 &service,
                 &action,
                 self.w.id.as_str(),
                 self.w.record.attempts,
             );
-            match self.prepare_resume().await {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => {
-                    tracing::error!(stream_id = %self.w.id, error = %e, "cannot read stream topic to resume; will retry on next start");
-                    return;
-                }
+            if !self.resume_point(shutdown).await {
+                return;
             }
         }
-        self.w.persist(Durability::Buffered).await;
+        // The attempt is counted durably before the handler runs: a stream whose runs keep taking
+        // the process down reaches `resume_exhausted` instead of crash-looping it.
+        self.w.persist(Durability::Sync).await;
         self.p.metrics.stream_started(
             &service,
             &action,
@@ -213,10 +243,36 @@ impl Run<'_> {
         };
         let end = match end {
             Some(end) => end,
-            None => self.run_handler(shutdown).await,
+            None => AssertUnwindSafe(self.run_handler(shutdown))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    let msg = panic_text(panic.as_ref());
+                    tracing::error!(stream_id = %self.w.id, panic = msg, "stream runtime panicked");
+                    End::Failed(HandlerError::new("internal_error", msg))
+                }),
         };
         self.finish(end).await;
         self.p.metrics.stream_inactive(&service, &action);
+    }
+
+    /// Finds what earlier runs stored, retrying with backoff while the topic cannot be read.
+    /// Returns false when nothing should run: the stream had ended, or the process is stopping.
+    async fn resume_point(&mut self, shutdown: &CancellationToken) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.prepare_resume().await {
+                Ok(run) => return run,
+                Err(e) => {
+                    tracing::warn!(stream_id = %self.w.id, error = %e, retry_ms = backoff.as_millis() as u64, "cannot read stream topic to resume; retrying");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// Creates the stream topic, retrying with backoff while Kafka is unavailable.
@@ -250,10 +306,19 @@ impl Run<'_> {
             None
         };
         let Some(last) = last else {
+            // Nothing stored: start from the beginning, `started` included.
             self.w.record.next_seq = 0;
+            self.w.record.cursor = None;
+            self.w.record.cursor_seq = 0;
             return Ok(true);
         };
         let last_seq = last.envelope.seq.unwrap_or(0);
+        if self.w.record.cursor_seq > last_seq {
+            // A cursor ahead of the topic cannot be trusted: replay the handler from its start.
+            tracing::warn!(stream_id = %self.w.id, cursor_seq = self.w.record.cursor_seq, topic_seq = last_seq, "checkpoint is ahead of the stream topic; restarting the handler from the beginning");
+            self.w.record.cursor = None;
+            self.w.record.cursor_seq = 0;
+        }
         if last.state.is_terminal() {
             self.w.record.state = terminal_state(last.state);
             self.w.record.next_seq = last_seq + 1;
@@ -265,7 +330,7 @@ impl Run<'_> {
         self.w.skip_through = Some(last_seq);
         self.w.record.last_offset = Some(last.offset);
         self.w.record.next_seq = self.w.record.cursor_seq + 1;
-        tracing::info!(stream_id = %self.w.id, cursor_seq = self.w.record.cursor_seq, topic_seq = last_seq, "resuming after the last checkpoint; already stored chunks are skipped");
+        tracing::info!(stream_id = %self.w.id, cursor_seq = self.w.record.cursor_seq, topic_seq = last_seq, "resuming from the last checkpoint (or the start); already stored chunks are skipped");
         Ok(true)
     }
 

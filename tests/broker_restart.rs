@@ -59,7 +59,23 @@ async fn broker_restart_mid_stream_loses_nothing() {
     let _guard = Restart;
     kafka_script("stop");
     assert!(!reachable(), "the broker must really be down for this test to mean anything (is it one kafka.sh did not start?)");
+    // Sluice itself must see the outage while the stream is still running: its chunks are then
+    // produced into a broker that is down, and wait in the producer's queue.
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready while the broker is down");
+    let checks: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(checks["checks"]["broker"], false, "{checks}");
+    let st = app.status(&id).await;
+    assert_eq!(st["state"], "running", "the outage overlaps the stream: {st}");
+    let stored_before = st["last_event_id"].as_i64().unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let st = app.status(&id).await;
+    assert_eq!(
+        st["last_event_id"].as_i64().unwrap(),
+        stored_before,
+        "nothing can be acknowledged while the broker is down: {st}"
+    );
+    assert!(stored_before < 61, "chunks were still to come when the broker went down");
     kafka_script("start");
 
     // Keep reading; if the response ended during the outage, resume from the last id.
@@ -78,5 +94,8 @@ async fn broker_restart_mid_stream_loses_nothing() {
     assert_complete(&seen, 60, "success");
     let fresh = app.sse(&id, None).await.collect().await;
     assert_complete(&fresh, 60, "success");
+    let topic = format!("{}{}", app.settings.kafka.stream_topic_prefix, id);
+    let stored: Vec<_> = read_topic(&topic).await.iter().map(json_of).collect();
+    assert_topic_exact(&topic, &stored, 60, "success");
     app.shutdown().await;
 }

@@ -3,127 +3,22 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-
+use common::process::{self, spawn, write_config};
 use common::*;
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-struct Proc {
-    child: Child,
-    base: String,
-}
-
-fn write_config(dir: &Path) -> PathBuf {
-    let tag = unique("d");
-    let path = dir.join("settings.toml");
-    let toml = format!(
-        r#"
-[http]
-listen = "127.0.0.1:0"
-[kafka]
-brokers = "{brokers}"
-stream_topic_prefix = "sluice.test.{tag}."
-[intake]
-topic = "sluice.test.{tag}.requests"
-dlq_topic = "sluice.test.{tag}.dlq"
-group_id = "sluice-test-{tag}"
-topic_partitions = 1
-[provider]
-heartbeat_interval = "200ms"
-[store]
-path = "{db}"
-[log]
-format = "json"
-level = "info"
-[shutdown]
-grace_period = "5s"
-"#,
-        brokers = brokers(),
-        db = dir.join("db").display()
-    );
-    std::fs::write(&path, toml).unwrap();
-    path
-}
-
-async fn spawn(config: &Path) -> Proc {
-    require_kafka();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("--config")
-        .arg(config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn sluice");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["message"] == "sluice is running" {
-                    return v["addr"].as_str().unwrap().to_owned();
-                }
-            }
-        }
-        panic!("sluice exited before it was running");
-    })
-    .await
-    .expect("sluice start in time");
-    // Keep draining the log so the pipe never fills.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let p = Proc {
-        child,
-        base: format!("http://{addr}"),
-    };
-    wait_ready(&reqwest::Client::new(), &p.base).await;
-    p
-}
-
-async fn request(p: &Proc, body: Value) -> String {
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/streams", p.base))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    r.json::<Value>().await.unwrap()["stream_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-async fn sse(p: &Proc, id: &str, after: Option<i64>) -> SseClient {
-    SseClient::connect(&format!("{}/v1/streams/{id}/events", p.base), after).await
-}
-
-async fn status(p: &Proc, id: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{}/v1/streams/{id}", p.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_then_restart_stores_each_seq_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
+    let config = write_config(dir.path(), "", "");
     let mut p1 = spawn(&config).await;
     // Checkpoints every 4 chunks, so the kill lands between produced chunks and their checkpoint.
-    let id = request(
-        &p1,
+    let id = p1.request(
         json!({"type": "demo:stream_ticks:v1:requested",
         "payload": {"count": 40, "interval_ms": 30, "checkpoint_every": 4}}),
     )
     .await;
-    let mut live = sse(&p1, &id, None).await;
+    let mut live = p1.sse(&id, None).await;
     let mut seen = 0;
     while seen < 11 {
         if live.next_event().await.expect("live event").state() == "stream" {
@@ -135,16 +30,11 @@ async fn sigkill_mid_stream_then_restart_stores_each_seq_exactly_once() {
     drop(live);
 
     let p2 = spawn(&config).await;
-    let events = sse(&p2, &id, None).await.collect().await;
+    let events = p2.sse(&id, None).await.collect().await;
     assert_complete(&events, 40, "success");
-    let st = status(&p2, &id).await;
+    let st = p2.status(&id).await;
     assert_eq!(st["attempts"], 2, "resumed once: {st}");
-    let metrics = reqwest::get(format!("{}/metrics", p2.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p2.metrics().await;
     assert!(
         metrics.contains(r#"sluice_streams_resumed_total{action="stream_ticks",service="demo"} 1"#),
         "{metrics}"
@@ -154,15 +44,14 @@ async fn sigkill_mid_stream_then_restart_stores_each_seq_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_streams_over_and_sse_resumes_with_last_event_id() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
+    let config = write_config(dir.path(), "", "");
     let p1 = spawn(&config).await;
-    let id = request(
-        &p1,
+    let id = p1.request(
         json!({"type": "demo:stream_ticks:v1:requested",
         "payload": {"count": 30, "interval_ms": 30, "checkpoint_every": 1}}),
     )
     .await;
-    let mut live = sse(&p1, &id, None).await;
+    let mut live = p1.sse(&id, None).await;
     let mut before = Vec::new();
     while before.len() < 9 {
         before.push(live.next_event().await.expect("live event"));
@@ -188,8 +77,84 @@ async fn sigterm_hands_streams_over_and_sse_resumes_with_last_event_id() {
 
     let p2 = spawn(&config).await;
     let last = before.last().unwrap().id.unwrap();
-    let rest = sse(&p2, &id, Some(last)).await.collect().await;
+    let rest = p2.sse(&id, Some(last)).await.collect().await;
     let mut all = before;
     all.extend(rest);
     assert_complete(&all, 30, "success");
+}
+
+/// The request that used to abort the process on allocation, and crash-loop it on every restart.
+fn poison(stream_id: &str) -> serde_json::Value {
+    json!({"type": "demo:stream_ticks:v1:requested", "stream_id": stream_id,
+           "payload": {"count": 1, "pad_bytes": 100_000_000_000u64}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_request_over_http_and_kafka_fails_the_stream_and_the_process_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "", "");
+    let mut p = spawn(&config).await;
+    let over_http = p.request(poison(&unique("poison-http"))).await;
+    let over_kafka = unique("poison-kafka");
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let intake = process::config_str(&config, "topic");
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::<(), str>::to(&intake)
+                .payload(&poison(&over_kafka).to_string()),
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    for id in [&over_http, &over_kafka] {
+        let events = p.sse(id, None).await.collect().await;
+        assert_complete(&events, 0, "failed");
+        let failed = &events.last().unwrap().data["payload"];
+        assert_eq!(failed["code"], "invalid_payload", "{id}: {failed}");
+        assert!(
+            failed["message"].as_str().unwrap().contains("pad_bytes"),
+            "{failed}"
+        );
+    }
+    assert!(p.alive(), "the process survived both poison requests");
+    let health = p.http.get(format!("{}/healthz", p.base)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    p.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_runs_keep_dying_ends_resume_exhausted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "max_attempts = 2", "");
+    let mut p = spawn(&config).await;
+    let id = p
+        .request(json!({"type": "demo:stream_ticks:v1:requested",
+            "payload": {"count": 1000, "interval_ms": 20, "checkpoint_every": 0}}))
+        .await;
+    // Each run is killed after it stored two new chunks, as a crashing handler would take the
+    // process down.
+    let mut stored = 0;
+    for attempt in 1..=2 {
+        let mut sse = p.sse(&id, None).await;
+        let target = stored + 2;
+        while stored < target {
+            let ev = sse.next_event().await.expect("event");
+            stored = stored.max(ev.data["seq"].as_u64().unwrap());
+        }
+        assert_eq!(p.status(&id).await["attempts"], attempt);
+        p.kill().await;
+        p = spawn(&config).await;
+    }
+    let events = p.sse(&id, None).await.collect().await;
+    let last = events.last().unwrap();
+    assert_eq!(last.state(), "failed");
+    assert_eq!(last.data["payload"]["code"], "resume_exhausted", "{:?}", last.data);
+    let seqs: Vec<u64> = events.iter().map(|e| e.data["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "no seq repeated or skipped");
+    assert_eq!(p.status(&id).await["attempts"], 3);
+    p.kill().await;
 }

@@ -139,6 +139,11 @@ async fn websocket_bad_frames_get_error_frames_and_the_socket_stays_open() {
             r#"{"type":"cancel","stream_id":"missing-stream"}"#,
             "not_found",
         ),
+        (r#"{"type":"cancel"}"#, "invalid_frame"),
+        (
+            r#"{"type":"subscribe","stream_id":"ok","last_event_id":"9223372036854775807"}"#,
+            "invalid_last_event_id",
+        ),
     ];
     for (frame, code) in cases {
         ws.send(Message::Text(frame.into())).await.unwrap();
@@ -146,6 +151,10 @@ async fn websocket_bad_frames_get_error_frames_and_the_socket_stays_open() {
         assert_eq!(f["type"], "error", "{frame}");
         assert_eq!(f["payload"]["code"], code, "{frame}");
     }
+    send(&mut ws, json!({"type": "foo123:stream_x:v1:requested"})).await;
+    let f = recv(&mut ws).await;
+    assert_eq!(f["payload"]["code"], "unknown_handler", "{f}");
+    assert_eq!(f["payload"]["status"], 422, "{f}");
     send(&mut ws, json!({"type": "ping"})).await;
     assert_eq!(recv(&mut ws).await["type"], "pong");
     app.shutdown().await;
@@ -222,6 +231,17 @@ async fn http_api_statuses() {
         .await
         .unwrap();
     assert_eq!(bad_id.status(), 400);
+    for huge in ["9223372036854775807", "18446744073709551616"] {
+        let r = app
+            .http
+            .get(app.url(&format!("/v1/streams/{id}/events")))
+            .header("Last-Event-ID", huge)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "Last-Event-ID {huge}");
+        assert_eq!(code(r.json().await.unwrap()), "invalid_last_event_id");
+    }
     let ahead = app
         .http
         .get(app.url(&format!("/v1/streams/{id}/events?last_event_id=999999")))
@@ -263,12 +283,23 @@ async fn api_tokens_guard_the_stream_endpoints() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(
-        tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr))
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    for url in [
+        format!("ws://{}/ws", app.addr),
+        format!("ws://{}/ws?access_token=wrong", app.addr),
+    ] {
+        match tokio_tungstenite::connect_async(url.as_str()).await {
+            Err(WsError::Http(resp)) => assert_eq!(resp.status(), 401, "{url}"),
+            other => panic!("{url}: expected an HTTP 401 refusal, got {other:?}"),
+        }
+    }
+    let (mut ws, resp) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws?access_token=s3cret", app.addr))
             .await
-            .is_err(),
-        "ws without token refused"
-    );
+            .expect("a valid token upgrades");
+    assert_eq!(resp.status(), 101);
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "pong");
     assert_eq!(
         app.http
             .get(app.url("/healthz"))
@@ -279,5 +310,109 @@ async fn api_tokens_guard_the_stream_endpoints() {
         200,
         "health stays open"
     );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_cancels_a_running_stream() {
+    let app = start(|_| {}).await;
+    let id = app
+        .request(ticks(json!({"count": 10_000, "interval_ms": 20})))
+        .await;
+    let mut sse = app.sse(&id, None).await;
+    let mut events = Vec::new();
+    while events.len() < 3 {
+        events.push(sse.next_event().await.expect("running"));
+    }
+    let r = app
+        .http
+        .delete(app.url(&format!("/v1/streams/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelling");
+    events.extend(sse.collect().await);
+    let last = events.last().unwrap();
+    assert_eq!(last.state(), "cancelled", "{:?}", last.data);
+    let chunks = last.data["payload"]["chunks"].as_u64().unwrap();
+    assert!(chunks < 10_000, "stopped early");
+    assert_complete_prefix(&events, chunks);
+    let st = app.status(&id).await;
+    assert_eq!(st["state"], "cancelled");
+    let again = app
+        .http
+        .delete(app.url(&format!("/v1/streams/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409, "a finished stream cannot be cancelled");
+    app.shutdown().await;
+}
+
+/// started, chunks 1..=n, then one terminal event.
+fn assert_complete_prefix(events: &[SseEvent], n: u64) {
+    let seqs: Vec<u64> = events.iter().map(|e| e.data["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..=n + 1).collect::<Vec<_>>());
+}
+
+/// Several fast streams fill the socket's outgoing queue while the client is not reading; control
+/// frames sent then must still be answered, and every event must still arrive once the client
+/// reads again. A socket task that waited on its own queue to reply would deadlock here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_control_replies_never_wait_on_a_full_event_queue() {
+    let app = start(|_| {}).await;
+    let mut ws = ws_connect(&app).await;
+    let (streams, count) = (4, 2_000u64);
+    for _ in 0..streams {
+        send(&mut ws, ticks(json!({"count": count, "interval_ms": 0, "pad_bytes": 200}))).await;
+    }
+    // Do not read while the streams run: the queue and the socket buffers fill up.
+    let mut ids = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut done = 0;
+        let metrics = app.metrics_text().await;
+        if let Some(line) = metrics.lines().find(|l| l.starts_with("sluice_streams_finished_total{action=\"stream_ticks\",outcome=\"success\"")) {
+            done = line.rsplit(' ').next().unwrap().parse::<u64>().unwrap();
+        }
+        if done == streams {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "streams finished");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for _ in 0..3 {
+        send(&mut ws, json!({"type": "ping"})).await;
+    }
+    send(&mut ws, json!({"type": "subscribe", "stream_id": "bad/id"})).await;
+    let mut pongs = 0;
+    let mut errors = 0;
+    let mut per_stream: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    let mut terminals = 0;
+    while pongs < 3 || errors < 1 || terminals < streams {
+        let f = recv(&mut ws).await;
+        match f["type"].as_str().unwrap() {
+            "pong" => pongs += 1,
+            "error" => {
+                assert_eq!(f["payload"]["code"], "invalid_stream_id");
+                errors += 1;
+            }
+            "accepted" => {
+                ids.insert(f["stream_id"].as_str().unwrap().to_owned());
+            }
+            t => {
+                let sid = f["stream_id"].as_str().unwrap().to_owned();
+                per_stream.entry(sid).or_default().push(f["seq"].as_u64().unwrap());
+                if t.ends_with(":success") {
+                    terminals += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(ids.len() as u64, streams);
+    for (sid, seqs) in &per_stream {
+        assert_eq!(seqs, &(0..=count + 1).collect::<Vec<_>>(), "{sid}: every event once, in order");
+    }
     app.shutdown().await;
 }

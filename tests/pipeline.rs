@@ -30,11 +30,7 @@ async fn kafka_request_streams_to_sse_with_increasing_ids() {
     assert_eq!(status["chunks"], 5);
     assert_eq!(status["last_event_id"].as_i64(), events.last().unwrap().id);
 
-    let stored = read_topic(
-        &format!("{}{}", app.settings.kafka.stream_topic_prefix, id),
-        7,
-    )
-    .await;
+    let stored = read_topic(&format!("{}{}", app.settings.kafka.stream_topic_prefix, id)).await;
     let seqs: Vec<u64> = stored
         .iter()
         .map(|m| {
@@ -157,11 +153,8 @@ async fn live_subscribers_get_heartbeats_without_ids() {
         .iter()
         .filter(|f| !f.contains(":heartbeat\n"))
         .all(|f| f.lines().any(|l| l.starts_with("id:"))));
-    let stored = read_topic(
-        &format!("{}{}", app.settings.kafka.stream_topic_prefix, id),
-        5,
-    )
-    .await;
+    let stored = read_topic(&format!("{}{}", app.settings.kafka.stream_topic_prefix, id)).await;
+    assert_eq!(stored.len(), 5, "started, 3 chunks, success: nothing else stored");
     assert!(stored
         .iter()
         .all(|m| !String::from_utf8_lossy(m.payload().unwrap()).contains(":heartbeat")));
@@ -234,6 +227,10 @@ async fn malformed_intake_goes_to_the_dlq_and_the_consumer_goes_on() {
             br#"{"type":"billing:charge:v1:requested"}"#,
             "not_streaming",
         ),
+        (
+            br#"{"type":"foo123:stream_x:v1:requested"}"#,
+            "unknown_handler",
+        ),
         (oversized.as_bytes(), "too_large"),
     ];
     for (bytes, _) in &bad {
@@ -243,7 +240,8 @@ async fn malformed_intake_goes_to_the_dlq_and_the_consumer_goes_on() {
     app.produce_raw(json!({"type": "demo:stream_ticks:v1:requested", "stream_id": id, "payload": {"count": 2, "interval_ms": 1}}).to_string().as_bytes()).await;
     assert_complete(&app.sse(&id, None).await.collect().await, 2, "success");
 
-    let dlq = read_topic(&app.settings.intake.dlq_topic, bad.len()).await;
+    let dlq = read_topic(&app.settings.intake.dlq_topic).await;
+    assert_eq!(dlq.len(), bad.len(), "one DLQ record per bad message");
     for (m, (bytes, reason)) in dlq.iter().zip(&bad) {
         assert_eq!(m.payload().unwrap(), *bytes, "original bytes kept");
         let headers = m.headers().unwrap();
@@ -255,15 +253,21 @@ async fn malformed_intake_goes_to_the_dlq_and_the_consumer_goes_on() {
         assert_eq!(std::str::from_utf8(got).unwrap(), *reason);
     }
     let metrics = app.metrics_text().await;
+    for (_, reason) in &bad {
+        assert!(
+            metrics.contains(&format!(r#"sluice_intake_rejected_total{{reason="{reason}"}} 1"#)),
+            "{reason}: {metrics}"
+        );
+    }
     assert!(
-        metrics.contains(r#"sluice_intake_rejected_total{reason="malformed_json"} 1"#),
-        "{metrics}"
+        !metrics.contains("foo123") && !metrics.contains("stream_x"),
+        "client input never becomes a label value: {metrics}"
     );
     app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_handler_ends_in_failed_and_redelivery_runs_once() {
+async fn unknown_handler_is_refused_before_any_topic_and_redelivery_runs_once() {
     let app = start(|_| {}).await;
     let id = unique("nohandler");
     app.produce_raw(
@@ -272,12 +276,14 @@ async fn unknown_handler_ends_in_failed_and_redelivery_runs_once() {
             .as_bytes(),
     )
     .await;
-    let events = app.sse(&id, None).await.collect().await;
-    assert_complete(&events, 0, "failed");
-    assert_eq!(
-        events.last().unwrap().data["payload"]["code"],
-        "unknown_handler"
-    );
+    let dlq = wait_topic(&app.settings.intake.dlq_topic, 1).await;
+    assert_eq!(dlq.len(), 1);
+    let reason = dlq[0].headers().unwrap().iter().find(|h| h.key == "sluice.reason").and_then(|h| h.value).unwrap();
+    assert_eq!(reason, b"unknown_handler");
+    let status = app.http.get(app.url(&format!("/v1/streams/{id}"))).send().await.unwrap();
+    assert_eq!(status.status(), 404, "no record was created");
+    let topic = format!("{}{}", app.settings.kafka.stream_topic_prefix, id);
+    assert!(!topic_exists(&topic), "no stream topic was created for {topic}");
 
     let dup = unique("dup");
     let req = json!({"type": "demo:stream_ticks:v1:requested", "stream_id": dup, "payload": {"count": 3, "interval_ms": 1}});

@@ -104,7 +104,8 @@ async fn the_cap_on_live_topics_refuses_new_streams_clearly() {
             .as_bytes(),
     )
     .await;
-    let dlq = read_topic(&app.settings.intake.dlq_topic, 1).await;
+    let dlq = wait_topic(&app.settings.intake.dlq_topic, 1).await;
+    assert_eq!(dlq.len(), 1, "one refusal");
     let reason = dlq[0]
         .headers()
         .unwrap()
@@ -140,7 +141,7 @@ async fn a_corrupt_record_fails_its_stream_and_the_others_resume() {
         db.put(format!("stream/{broken}"), b"\x00not a record")
             .unwrap();
     }
-    let app = start_exact(settings, dir, Registry::with_builtins()).await;
+    let app = start_exact(settings.clone(), dir, sluice::app::builtin_handlers(&settings)).await;
     let failed = app.sse(&broken, None).await.collect().await;
     let last = failed.last().unwrap();
     assert_eq!(last.state(), "failed");

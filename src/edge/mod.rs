@@ -201,17 +201,36 @@ fn parse_id(raw: &str) -> Result<StreamId, ApiError> {
     })
 }
 
-/// Parses a resume point: a non-negative Kafka offset.
+/// Parses a resume point: a non-negative Kafka offset below `i64::MAX` (the next offset after it
+/// must still be representable).
 fn parse_event_id(raw: &str) -> Result<i64, ApiError> {
     raw.trim()
         .parse::<i64>()
         .ok()
-        .filter(|v| *v >= 0)
+        .filter(|v| (0..i64::MAX).contains(v))
         .ok_or_else(|| ApiError::BadRequest {
             code: "invalid_last_event_id",
             message: format!(
-                "last event id {:?} must be a non-negative integer offset",
-                raw.chars().take(40).collect::<String>()
+                "last event id {:?} must be an integer offset from 0 to {}",
+                raw.chars().take(40).collect::<String>(),
+                i64::MAX - 1
             ),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_event_id;
+
+    #[test]
+    fn event_ids_at_the_edge_of_i64_are_refused_not_overflowed() {
+        assert_eq!(parse_event_id("0").unwrap(), 0);
+        assert_eq!(parse_event_id(" 42 ").unwrap(), 42);
+        assert_eq!(parse_event_id("9223372036854775806").unwrap(), i64::MAX - 1);
+        for bad in ["9223372036854775807", "9223372036854775808", "99999999999999999999", "-1", "x", ""] {
+            let err = parse_event_id(bad).expect_err(bad);
+            assert_eq!(err.code(), "invalid_last_event_id", "{bad}");
+            assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
 }

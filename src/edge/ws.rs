@@ -3,6 +3,10 @@
 //! Client frames: a request (`{"type":"svc:action:v1:requested","payload":{…}}`), `subscribe`
 //! (`stream_id`, optional `last_event_id`), `cancel` (`stream_id`) and `ping`. Several streams may
 //! be followed on one socket. A bad frame gets an `error` frame and the socket stays open.
+//!
+//! Two paths lead to the socket, and neither can wait on the other. Followers push stream events
+//! into a bounded queue that the socket task drains. Replies to client frames (`pong`, `accepted`,
+//! `cancelling`, errors) never enter that queue: the socket task writes them to the socket itself.
 
 use std::collections::HashMap;
 
@@ -10,6 +14,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
@@ -28,8 +33,23 @@ pub async fn upgrade(State(state): State<Shared>, ws: WebSocketUpgrade) -> Respo
 
 fn error_frame(stream_id: Option<&str>, err: &ApiError) -> String {
     json!({"type": "error", "stream_id": stream_id, "id": null, "seq": null,
-           "payload": {"code": err.code(), "message": err.to_string()}})
+           "payload": {"code": err.code(), "status": err.status().as_u16(), "message": err.to_string()}})
     .to_string()
+}
+
+/// A control frame from the client; any other `type` is a stream request.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Control {
+    Ping,
+    Subscribe {
+        stream_id: String,
+        #[serde(default)]
+        last_event_id: Option<Value>,
+    },
+    Cancel {
+        stream_id: String,
+    },
 }
 
 fn delivery_frame(stream_id: &str, d: &Delivery) -> String {
@@ -50,7 +70,10 @@ fn delivery_frame(stream_id: &str, d: &Delivery) -> String {
 
 struct Socket {
     state: Shared,
+    /// The followers' queue. Only followers send into it; the socket task only drains it.
     out: mpsc::Sender<String>,
+    /// Replies to the frame being handled, written to the socket directly by the socket task.
+    replies: Vec<String>,
     followers: JoinSet<String>,
     following: HashMap<String, AbortHandle>,
 }
@@ -63,10 +86,11 @@ async fn serve(state: Shared, socket: WebSocket) {
     let mut s = Socket {
         state,
         out,
+        replies: Vec::new(),
         followers: JoinSet::new(),
         following: HashMap::new(),
     };
-    loop {
+    'serve: loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
@@ -89,85 +113,95 @@ async fn serve(state: Shared, socket: WebSocket) {
                 Some(Ok(Message::Binary(_))) => s.reject(None, ApiError::BadRequest {
                     code: "binary_frame",
                     message: "only JSON text frames are accepted".into(),
-                }).await,
+                }),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
             }
+        }
+        for reply in s.replies.drain(..) {
+            if sink.send(Message::Text(reply.into())).await.is_err() {
+                break 'serve;
+            }
+            s.state.metrics.edge_sent("ws", 1);
         }
     }
     s.followers.abort_all();
 }
 
 impl Socket {
-    async fn reject(&self, stream_id: Option<&str>, err: ApiError) {
+    fn reply(&mut self, frame: Value) {
+        self.replies.push(frame.to_string());
+    }
+
+    fn reject(&mut self, stream_id: Option<&str>, err: ApiError) {
         self.state
             .metrics
             .edge_rejected(err.code(), &format!("ws: {err}"));
-        let _ = self.out.send(error_frame(stream_id, &err)).await;
+        self.replies.push(error_frame(stream_id, &err));
     }
 
     async fn frame(&mut self, text: &str) {
         let value: Value = match serde_json::from_str(text) {
             Ok(v @ Value::Object(_)) => v,
             Ok(_) => {
-                return self
-                    .reject(
-                        None,
-                        bad("malformed_json", "a frame must be a JSON object".into()),
-                    )
-                    .await
+                return self.reject(
+                    None,
+                    bad("malformed_json", "a frame must be a JSON object".into()),
+                )
             }
             Err(e) => {
-                return self
-                    .reject(None, bad("malformed_json", format!("malformed JSON: {e}")))
-                    .await
+                return self.reject(None, bad("malformed_json", format!("malformed JSON: {e}")))
             }
         };
-        let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
         let stream_id = value
             .get("stream_id")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let result = match kind {
-            "ping" => {
-                let _ = self.out.send(json!({"type": "pong"}).to_string()).await;
-                Ok(())
+        let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
+        let result = if matches!(kind, "ping" | "subscribe" | "cancel") {
+            match serde_json::from_value::<Control>(value) {
+                Ok(Control::Ping) => {
+                    self.reply(json!({"type": "pong"}));
+                    Ok(())
+                }
+                Ok(Control::Subscribe {
+                    stream_id,
+                    last_event_id,
+                }) => self.subscribe(&stream_id, last_event_id),
+                Ok(Control::Cancel { stream_id }) => self.cancel(&stream_id).await,
+                Err(e) => Err(bad("invalid_frame", format!("{kind} frame: {e}"))),
             }
-            "subscribe" => self.subscribe(&value).await,
-            "cancel" => self.cancel(&value).await,
-            _ => self.request(text).await,
+        } else {
+            self.request(text).await
         };
         if let Err(e) = result {
-            self.reject(stream_id.as_deref(), e).await;
+            self.reject(stream_id.as_deref(), e);
         }
     }
 
     async fn request(&mut self, text: &str) -> Result<(), ApiError> {
         self.check_capacity()?;
         let (id, existed) = self.state.submit(text.as_bytes()).await?;
-        let ack = json!({"type": "accepted", "stream_id": id.as_str(), "id": null, "seq": null,
-                         "payload": {"existing": existed}});
-        let _ = self.out.send(ack.to_string()).await;
+        self.reply(json!({"type": "accepted", "stream_id": id.as_str(), "id": null, "seq": null,
+                         "payload": {"existing": existed}}));
         self.follow(id, None, self.state.edge.request_start_wait)
     }
 
-    async fn subscribe(&mut self, v: &Value) -> Result<(), ApiError> {
-        let id = parse_id(v.get("stream_id").and_then(Value::as_str).unwrap_or(""))?;
-        let after = match v.get("last_event_id") {
+    fn subscribe(&mut self, stream_id: &str, last_event_id: Option<Value>) -> Result<(), ApiError> {
+        let id = parse_id(stream_id)?;
+        let after = match last_event_id {
             None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => Some(super::parse_event_id(&n.to_string())?),
-            Some(Value::String(s)) => Some(super::parse_event_id(s)?),
+            Some(Value::String(s)) => Some(super::parse_event_id(&s)?),
             Some(other) => Some(super::parse_event_id(&other.to_string())?),
         };
         self.check_capacity()?;
         self.follow(id, after, self.state.edge.early_connect_wait)
     }
 
-    async fn cancel(&mut self, v: &Value) -> Result<(), ApiError> {
-        let id = parse_id(v.get("stream_id").and_then(Value::as_str).unwrap_or(""))?;
+    async fn cancel(&mut self, stream_id: &str) -> Result<(), ApiError> {
+        let id = parse_id(stream_id)?;
         api::cancel_stream(&self.state, &id).await?;
-        let ack = json!({"type": "cancelling", "stream_id": id.as_str(), "id": null, "seq": null, "payload": {}});
-        let _ = self.out.send(ack.to_string()).await;
+        self.reply(json!({"type": "cancelling", "stream_id": id.as_str(), "id": null, "seq": null, "payload": {}}));
         Ok(())
     }
 

@@ -2,6 +2,8 @@
 //! with a temporary RocksDB directory and unique topic and group names, plus SSE and Kafka clients.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
@@ -104,7 +106,11 @@ pub struct TestApp {
 
 /// Starts Sluice with the built-in handlers; `tweak` adjusts the settings.
 pub async fn start(tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    start_with(tweak, Registry::with_builtins()).await
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    tweak(&mut settings);
+    let registry = sluice::app::builtin_handlers(&settings);
+    start_exact(settings, dir, registry).await
 }
 
 /// Starts Sluice with a custom registry.
@@ -347,23 +353,89 @@ pub fn assert_complete(events: &[SseEvent], n: u64, terminal: &str) {
     }
 }
 
-/// Reads every message of a topic from the beginning until `n` have arrived.
-pub async fn read_topic(topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> {
+/// Reads every message of a single-partition topic, from its low to its high watermark, so a
+/// duplicate or extra message at the end is seen too.
+pub async fn read_topic(topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    read_partition(topic, 0).await
+}
+
+/// Waits until `topic` holds at least `n` messages, then reads all of it (to the high watermark,
+/// so messages beyond `n` are returned too).
+pub async fn wait_topic(topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let all = read_topic(topic).await;
+        if all.len() >= n {
+            return all;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{topic}: {n} messages in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads one partition of `topic` from its low to its high watermark.
+pub async fn read_partition(topic: &str, partition: i32) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::{Offset, TopicPartitionList};
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", unique("reader-"))
-        .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
         .create()
         .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("watermarks of {topic}: {e}"));
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(low))
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
-    while out.len() < n {
+    let mut next = low;
+    while next < high {
         let m = tokio::time::timeout(WAIT, consumer.recv())
             .await
-            .expect("topic message in time")
+            .unwrap_or_else(|_| panic!("{topic}: offset {next} of {high} in time"))
             .unwrap();
+        next = m.offset() + 1;
         out.push(m.detach());
     }
+    assert_eq!(out.len() as i64, high - low, "{topic}: one message per offset");
     out
+}
+
+/// Whether the broker has `topic`.
+pub fn topic_exists(topic: &str) -> bool {
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    md.topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+}
+
+/// The JSON value of a Kafka message.
+pub fn json_of(m: &rdkafka::message::OwnedMessage) -> Value {
+    use rdkafka::Message;
+    serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(Value::Null)
+}
+
+/// Asserts a stored stream topic holds exactly: `started` (seq 0), chunks `1..=n` with
+/// `payload.n == seq`, then one `terminal` event last, each `seq` once and in order.
+pub fn assert_topic_exact(topic: &str, events: &[Value], n: u64, terminal: &str) {
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap_or(u64::MAX)).collect();
+    let want: Vec<u64> = (0..=n + 1).collect();
+    assert_eq!(seqs, want, "{topic}: every seq exactly once, in order");
+    let state = |e: &Value| e["type"].as_str().unwrap_or("").rsplit(':').next().unwrap_or("").to_owned();
+    assert_eq!(state(&events[0]), "started", "{topic}");
+    for e in &events[1..=n as usize] {
+        assert_eq!(state(e), "stream", "{topic}: {e}");
+        assert_eq!(e["payload"]["n"], e["seq"], "{topic}: chunk payload matches its seq");
+    }
+    let last = events.last().unwrap();
+    assert_eq!(state(last), terminal, "{topic}: terminal event last: {last}");
 }

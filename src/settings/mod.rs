@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod validate;
+
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -49,6 +51,30 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     /// Retention of finished streams and the cap on live stream topics.
     pub retention: RetentionSettings,
+    /// Built-in and configured stream handlers.
+    pub handlers: HandlersSettings,
+}
+
+/// `[handlers]`
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandlersSettings {
+    /// The built-in `demo:stream_ticks` handler.
+    pub demo: DemoSettings,
+}
+
+/// `[handlers.demo]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoSettings {
+    /// Whether `demo:stream_ticks` is registered. Turn it off in production.
+    pub enabled: bool,
+}
+
+impl Default for DemoSettings {
+    fn default() -> Self {
+        DemoSettings { enabled: true }
+    }
 }
 
 /// `[retention]`
@@ -331,102 +357,6 @@ impl Settings {
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
-    }
-
-    /// Checks ranges and cross-field rules.
-    pub fn validate(&self) -> Result<(), Error> {
-        fn positive(key: &'static str, v: usize) -> Result<(), Error> {
-            if v == 0 {
-                return Err(Error::Invalid {
-                    key,
-                    reason: "must be at least 1".into(),
-                });
-            }
-            Ok(())
-        }
-        fn nonzero(key: &'static str, v: Duration) -> Result<(), Error> {
-            if v.is_zero() {
-                return Err(Error::Invalid {
-                    key,
-                    reason: "must be longer than zero".into(),
-                });
-            }
-            Ok(())
-        }
-        positive(
-            "provider.max_concurrent_streams",
-            self.provider.max_concurrent_streams,
-        )?;
-        positive(
-            "provider.chunk_channel_capacity",
-            self.provider.chunk_channel_capacity,
-        )?;
-        positive(
-            "provider.max_inflight_produces",
-            self.provider.max_inflight_produces,
-        )?;
-        positive("provider.max_chunk_bytes", self.provider.max_chunk_bytes)?;
-        positive("provider.max_attempts", self.provider.max_attempts as usize)?;
-        positive("intake.max_request_bytes", self.intake.max_request_bytes)?;
-        positive("kafka.replay_readers", self.kafka.replay_readers)?;
-        positive(
-            "edge.max_streams_per_socket",
-            self.edge.max_streams_per_socket,
-        )?;
-        nonzero(
-            "provider.heartbeat_interval",
-            self.provider.heartbeat_interval,
-        )?;
-        nonzero("provider.stream_timeout", self.provider.stream_timeout)?;
-        nonzero("edge.keepalive_interval", self.edge.keepalive_interval)?;
-        nonzero("edge.remote_poll_interval", self.edge.remote_poll_interval)?;
-        if self.kafka.brokers.trim().is_empty() {
-            return Err(Error::Invalid {
-                key: "kafka.brokers",
-                reason: "must name at least one broker".into(),
-            });
-        }
-        let prefix = &self.kafka.stream_topic_prefix;
-        let prefix_ok = prefix.len() + crate::event::MAX_STREAM_ID_LEN <= 249
-            && prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if !prefix_ok {
-            return Err(Error::Invalid {
-                key: "kafka.stream_topic_prefix",
-                reason: "must be at most 49 characters of [A-Za-z0-9._-]".into(),
-            });
-        }
-        if self.kafka.stream_topic_replication < 1 {
-            return Err(Error::Invalid {
-                key: "kafka.stream_topic_replication",
-                reason: "must be at least 1".into(),
-            });
-        }
-        if self.intake.topic_partitions < 1 {
-            return Err(Error::Invalid {
-                key: "intake.topic_partitions",
-                reason: "must be at least 1".into(),
-            });
-        }
-        for (key, topic) in [
-            ("intake.topic", &self.intake.topic),
-            ("intake.dlq_topic", &self.intake.dlq_topic),
-        ] {
-            if crate::event::StreamId::parse(topic).is_err() {
-                return Err(Error::Invalid {
-                    key,
-                    reason: format!("{topic:?} is not a valid Kafka topic name"),
-                });
-            }
-        }
-        if self.intake.group_id.is_empty() {
-            return Err(Error::Invalid {
-                key: "intake.group_id",
-                reason: "must not be empty".into(),
-            });
-        }
-        Ok(())
     }
 
     /// The settings as JSON with secrets (API tokens, SASL passwords) redacted, for the start-up log.

@@ -1,0 +1,140 @@
+//! Start-up validation of [`Settings`]: every value whose zero, negative or malformed form would
+//! panic, spin or misbehave at run time is refused here, with an error naming its key.
+//!
+//! This module only checks; it does not load or default anything.
+
+use std::time::Duration;
+
+use super::{Error, Settings};
+
+/// librdkafka's default `message.max.bytes`: a chunk's envelope must fit in one message.
+const KAFKA_MESSAGE_LIMIT: usize = 1_000_000;
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> Error {
+    Error::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+fn at_least_one(key: &'static str, v: usize) -> Result<(), Error> {
+    if v == 0 {
+        return Err(invalid(key, "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn nonzero(key: &'static str, v: Duration) -> Result<(), Error> {
+    if v.is_zero() {
+        return Err(invalid(key, "must be longer than zero"));
+    }
+    Ok(())
+}
+
+impl Settings {
+    /// Checks ranges and cross-field rules.
+    pub fn validate(&self) -> Result<(), Error> {
+        let (p, e, k, r) = (&self.provider, &self.edge, &self.kafka, &self.retention);
+        for (key, v) in [
+            ("provider.max_concurrent_streams", p.max_concurrent_streams),
+            ("provider.chunk_channel_capacity", p.chunk_channel_capacity),
+            ("provider.max_inflight_produces", p.max_inflight_produces),
+            ("provider.max_chunk_bytes", p.max_chunk_bytes),
+            ("provider.max_attempts", p.max_attempts as usize),
+            ("intake.max_request_bytes", self.intake.max_request_bytes),
+            ("kafka.replay_readers", k.replay_readers),
+            ("edge.max_streams_per_socket", e.max_streams_per_socket),
+            ("retention.max_stream_topics", r.max_stream_topics),
+            ("retention.delete_batch", r.delete_batch),
+        ] {
+            at_least_one(key, v)?;
+        }
+        for (key, v) in [
+            ("provider.heartbeat_interval", p.heartbeat_interval),
+            ("provider.stream_timeout", p.stream_timeout),
+            ("edge.keepalive_interval", e.keepalive_interval),
+            ("edge.remote_poll_interval", e.remote_poll_interval),
+            ("kafka.message_timeout", k.message_timeout),
+            ("kafka.operation_timeout", k.operation_timeout),
+            ("retention.sweep_interval", r.sweep_interval),
+            ("shutdown.grace_period", self.shutdown.grace_period),
+        ] {
+            nonzero(key, v)?;
+        }
+        if p.max_chunk_bytes >= KAFKA_MESSAGE_LIMIT {
+            return Err(invalid(
+                "provider.max_chunk_bytes",
+                format!(
+                    "must be below {} bytes, the largest message Sluice produces",
+                    KAFKA_MESSAGE_LIMIT
+                ),
+            ));
+        }
+        if k.brokers.trim().is_empty() {
+            return Err(invalid("kafka.brokers", "must name at least one broker"));
+        }
+        let prefix = &k.stream_topic_prefix;
+        let prefix_ok = prefix.len() + crate::event::MAX_STREAM_ID_LEN <= 249
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !prefix_ok {
+            return Err(invalid(
+                "kafka.stream_topic_prefix",
+                "must be at most 49 characters of [A-Za-z0-9._-]",
+            ));
+        }
+        if k.stream_topic_replication < 1 {
+            return Err(invalid("kafka.stream_topic_replication", "must be at least 1"));
+        }
+        if self.intake.topic_partitions < 1 {
+            return Err(invalid("intake.topic_partitions", "must be at least 1"));
+        }
+        for (key, topic) in [
+            ("intake.topic", &self.intake.topic),
+            ("intake.dlq_topic", &self.intake.dlq_topic),
+        ] {
+            if crate::event::StreamId::parse(topic).is_err() {
+                return Err(invalid(
+                    key,
+                    format!("{topic:?} is not a valid Kafka topic name"),
+                ));
+            }
+        }
+        if self.intake.group_id.is_empty() {
+            return Err(invalid("intake.group_id", "must not be empty"));
+        }
+        Ok(())
+    }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_zero_that_would_panic_or_spin_is_refused_by_key() {
+        type Set = fn(&mut Settings);
+        let cases: [(&str, Set); 12] = [
+            ("retention.delete_batch", |s| s.retention.delete_batch = 0),
+            ("retention.sweep_interval", |s| s.retention.sweep_interval = Duration::ZERO),
+            ("retention.max_stream_topics", |s| s.retention.max_stream_topics = 0),
+            ("provider.chunk_channel_capacity", |s| s.provider.chunk_channel_capacity = 0),
+            ("provider.max_inflight_produces", |s| s.provider.max_inflight_produces = 0),
+            ("provider.heartbeat_interval", |s| s.provider.heartbeat_interval = Duration::ZERO),
+            ("provider.max_attempts", |s| s.provider.max_attempts = 0),
+            ("edge.keepalive_interval", |s| s.edge.keepalive_interval = Duration::ZERO),
+            ("edge.remote_poll_interval", |s| s.edge.remote_poll_interval = Duration::ZERO),
+            ("kafka.replay_readers", |s| s.kafka.replay_readers = 0),
+            ("kafka.operation_timeout", |s| s.kafka.operation_timeout = Duration::ZERO),
+            ("provider.max_chunk_bytes", |s| s.provider.max_chunk_bytes = 2_000_000),
+        ];
+        for (key, set) in cases {
+            let mut s = Settings::default();
+            set(&mut s);
+            let err = s.validate().expect_err(key).to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+}
