@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice/target}"
 export SLUICE_TEST_BROKERS="${SLUICE_TEST_BROKERS:-${SLUICE_KAFKA_BROKERS:-127.0.0.1:9092}}"
+# Installs what is missing, then fails naming any prerequisite that is still absent. Never skips.
 scripts/setup.sh
 # Tests create throw-away topics; a broker this script starts begins from empty storage.
 SLUICE_KAFKA_FRESH=1 SLUICE_KAFKA_BROKERS="$SLUICE_TEST_BROKERS" scripts/kafka.sh start

@@ -16,18 +16,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::edge::{self, EdgeState};
-use crate::handler::Registry;
-use crate::hub::Hub;
-use crate::intake::Intake;
-use crate::journal::Journal;
+use crate::handlers::http::HttpSource;
+use crate::handlers::kafka::{KafkaSource, Tails};
+use crate::handlers::Registry;
+use crate::kafka::intake::Intake;
+use crate::kafka::producer::Journal;
+use crate::kafka::reader::Reader;
 use crate::metrics::Metrics;
-use crate::pool::Pool;
-use crate::provider::Provider;
-use crate::reader::Reader;
 use crate::retention::{Sweeper, TopicBudget};
-use crate::settings::Settings;
+use crate::settings::{Settings, SourceSettings};
 use crate::store::Store;
-use crate::subscription::Subscriptions;
+use crate::stream::hub::Hub;
+use crate::stream::pool::Pool;
+use crate::stream::provider::Provider;
+use crate::stream::subscription::Subscriptions;
 
 /// A built, not yet running, Sluice.
 pub struct App {
@@ -42,22 +44,37 @@ pub struct App {
     sweeper: Sweeper,
     streams: TaskTracker,
     subscriptions: TaskTracker,
+    sources: TaskTracker,
     stream_stop: CancellationToken,
     edge_stop: CancellationToken,
 }
 
 impl App {
-    /// Builds Sluice with the built-in handlers the settings enable.
+    /// Builds Sluice with the handlers the settings configure.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
-        let registry = builtin_handlers(&settings);
-        App::build_with(settings, registry).await
+        App::build_with(settings, Registry::new()).await
     }
 
-    /// Builds Sluice with the given handler registry.
-    pub async fn build_with(settings: Settings, registry: Registry) -> anyhow::Result<App> {
+    /// Builds Sluice with the handlers the settings configure plus `extra` (which wins on a
+    /// clash), such as handlers written in Rust.
+    pub async fn build_with(settings: Settings, extra: Registry) -> anyhow::Result<App> {
         settings.validate()?;
-        let metrics =
-            Arc::new(Metrics::new()?.with_kinds(registry.kinds().map(str::to_owned)));
+        let mut kinds: Vec<String> = settings.handlers.sources.keys().cloned().collect();
+        if settings.handlers.demo.enabled {
+            kinds.push(DEMO.to_owned());
+        }
+        kinds.extend(extra.kinds().map(str::to_owned));
+        let metrics = Arc::new(Metrics::new()?.with_kinds(kinds));
+        let sources = TaskTracker::new();
+        let stream_stop = CancellationToken::new();
+        let tails = Arc::new(Tails::new(
+            settings.kafka.clone(),
+            metrics.clone(),
+            sources.clone(),
+            stream_stop.clone(),
+        ));
+        let mut registry = configured_handlers(&settings, &tails, &metrics)?;
+        registry.extend(extra);
         let registry = Arc::new(registry);
         let store = Store::open(&settings.store.path)?;
         let journal = Arc::new(Journal::new(&settings.kafka, metrics.clone())?);
@@ -66,7 +83,6 @@ impl App {
         let hub = Hub::new();
         let streams = TaskTracker::new();
         let subscriptions = TaskTracker::new();
-        let stream_stop = CancellationToken::new();
         let edge_stop = CancellationToken::new();
         let provider = Arc::new(Provider {
             journal: journal.clone(),
@@ -142,6 +158,7 @@ impl App {
             sweeper,
             streams,
             subscriptions,
+            sources,
             stream_stop,
             edge_stop,
         })
@@ -192,6 +209,8 @@ impl App {
         self.stream_stop.cancel();
         self.streams.close();
         step("streams", grace, self.streams.wait()).await;
+        self.sources.close();
+        step("source consumers", grace, self.sources.wait()).await;
         step("producer flush", grace, async {
             if let Err(e) = self.journal.flush(grace).await {
                 tracing::warn!(error = %e, "producer flush incomplete");
@@ -210,15 +229,34 @@ impl App {
     }
 }
 
-/// The built-in handlers the settings enable: `demo:stream_ticks` unless `handlers.demo.enabled`
-/// is false.
-pub fn builtin_handlers(settings: &Settings) -> Registry {
+/// The built-in demo handler's kind.
+const DEMO: &str = "demo:stream_ticks";
+
+/// The handlers the settings configure: `demo:stream_ticks` unless `handlers.demo.enabled` is
+/// false, and every `[handlers."service:action"]` source.
+fn configured_handlers(
+    settings: &Settings,
+    tails: &Arc<Tails>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Registry> {
     let mut registry = Registry::new();
+    let max_chunk = settings.provider.max_chunk_bytes;
     if settings.handlers.demo.enabled {
-        let ticks = crate::demo::Ticks::new(settings.provider.max_chunk_bytes);
-        registry.register("demo:stream_ticks", ticks);
+        registry.register(DEMO, crate::handlers::demo::Ticks::new(max_chunk));
     }
-    registry
+    for (kind, source) in &settings.handlers.sources {
+        match source {
+            SourceSettings::Kafka(k) => {
+                registry.register(kind, KafkaSource::new(k.clone(), tails.clone()))
+            }
+            SourceSettings::Http(h) => {
+                let http = HttpSource::new(h.clone(), metrics.clone(), max_chunk)
+                    .map_err(|e| anyhow::anyhow!("handlers.\"{kind}\": {e}"))?;
+                registry.register(kind, http);
+            }
+        }
+    }
+    Ok(registry)
 }
 
 async fn step(name: &str, grace: std::time::Duration, f: impl Future<Output = ()>) {

@@ -5,24 +5,17 @@
 //! topic, and any number of SSE or WebSocket clients replay and tail it. See `ARCHITECTURE.md`.
 
 pub mod app;
-pub mod demo;
 pub mod edge;
 pub mod event;
-pub mod handler;
-pub mod hub;
-pub mod intake;
-pub mod journal;
+pub mod handlers;
+pub mod kafka;
 pub mod metrics;
-pub mod pool;
-pub mod provider;
-pub mod reader;
 pub mod retention;
 pub mod settings;
 pub mod store;
-pub mod subscription;
+pub mod stream;
 pub mod telemetry;
-pub mod writer;
 
 pub use app::App;
-pub use handler::{HandlerError, Registry, StreamContext, StreamHandler};
+pub use handlers::{HandlerError, Registry, StreamContext, StreamHandler};
 pub use settings::Settings;

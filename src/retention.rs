@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::journal::Journal;
+use crate::kafka::producer::Journal;
 use crate::metrics::Metrics;
 use crate::settings::RetentionSettings;
 use crate::store::Store;

@@ -66,7 +66,10 @@ async fn broker_restart_mid_stream_loses_nothing() {
     let checks: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(checks["checks"]["broker"], false, "{checks}");
     let st = app.status(&id).await;
-    assert_eq!(st["state"], "running", "the outage overlaps the stream: {st}");
+    assert_eq!(
+        st["state"], "running",
+        "the outage overlaps the stream: {st}"
+    );
     let stored_before = st["last_event_id"].as_i64().unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let st = app.status(&id).await;
@@ -75,7 +78,10 @@ async fn broker_restart_mid_stream_loses_nothing() {
         stored_before,
         "nothing can be acknowledged while the broker is down: {st}"
     );
-    assert!(stored_before < 61, "chunks were still to come when the broker went down");
+    assert!(
+        stored_before < 61,
+        "chunks were still to come when the broker went down"
+    );
     kafka_script("start");
 
     // Keep reading; if the response ended during the outage, resume from the last id.

@@ -57,9 +57,11 @@ async fn sigkill_at_random_moments_leaves_every_stream_exactly_once() {
             let count = 20 + rng.below(60);
             let interval = 5 + rng.below(30);
             let id = unique(&format!("c{wave}-"));
-            p.request(json!({"type": "demo:stream_ticks:v1:requested", "stream_id": id,
-                "payload": {"count": count, "interval_ms": interval, "checkpoint_every": every}}))
-                .await;
+            p.request(
+                json!({"type": "demo:stream_ticks:v1:requested", "stream_id": id,
+                "payload": {"count": count, "interval_ms": interval, "checkpoint_every": every}}),
+            )
+            .await;
             streams.push((id, count, every));
         }
         let delay = if wave == 0 {
@@ -98,7 +100,10 @@ async fn sigkill_at_random_moments_leaves_every_stream_exactly_once() {
     for (id, count, every) in &streams {
         let topic = format!("{prefix}{id}");
         let events: Vec<_> = read_topic(&topic).await.iter().map(json_of).collect();
-        eprintln!("{id}: checkpoint_every={every} count={count} stored={}", events.len());
+        eprintln!(
+            "{id}: checkpoint_every={every} count={count} stored={}",
+            events.len()
+        );
         assert_topic_exact(&topic, &events, *count, "success");
     }
     eprintln!(

@@ -13,11 +13,10 @@ async fn sigkill_mid_stream_then_restart_stores_each_seq_exactly_once() {
     let config = write_config(dir.path(), "", "");
     let mut p1 = spawn(&config).await;
     // Checkpoints every 4 chunks, so the kill lands between produced chunks and their checkpoint.
-    let id = p1.request(
-        json!({"type": "demo:stream_ticks:v1:requested",
-        "payload": {"count": 40, "interval_ms": 30, "checkpoint_every": 4}}),
-    )
-    .await;
+    let id = p1
+        .request(json!({"type": "demo:stream_ticks:v1:requested",
+        "payload": {"count": 40, "interval_ms": 30, "checkpoint_every": 4}}))
+        .await;
     let mut live = p1.sse(&id, None).await;
     let mut seen = 0;
     while seen < 11 {
@@ -46,11 +45,10 @@ async fn sigterm_hands_streams_over_and_sse_resumes_with_last_event_id() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "", "");
     let p1 = spawn(&config).await;
-    let id = p1.request(
-        json!({"type": "demo:stream_ticks:v1:requested",
-        "payload": {"count": 30, "interval_ms": 30, "checkpoint_every": 1}}),
-    )
-    .await;
+    let id = p1
+        .request(json!({"type": "demo:stream_ticks:v1:requested",
+        "payload": {"count": 30, "interval_ms": 30, "checkpoint_every": 1}}))
+        .await;
     let mut live = p1.sse(&id, None).await;
     let mut before = Vec::new();
     while before.len() < 9 {
@@ -121,7 +119,12 @@ async fn poison_request_over_http_and_kafka_fails_the_stream_and_the_process_sta
         );
     }
     assert!(p.alive(), "the process survived both poison requests");
-    let health = p.http.get(format!("{}/healthz", p.base)).send().await.unwrap();
+    let health = p
+        .http
+        .get(format!("{}/healthz", p.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
     p.kill().await;
 }
@@ -152,9 +155,20 @@ async fn a_stream_whose_runs_keep_dying_ends_resume_exhausted() {
     let events = p.sse(&id, None).await.collect().await;
     let last = events.last().unwrap();
     assert_eq!(last.state(), "failed");
-    assert_eq!(last.data["payload"]["code"], "resume_exhausted", "{:?}", last.data);
-    let seqs: Vec<u64> = events.iter().map(|e| e.data["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "no seq repeated or skipped");
+    assert_eq!(
+        last.data["payload"]["code"], "resume_exhausted",
+        "{:?}",
+        last.data
+    );
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|e| e.data["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (0..seqs.len() as u64).collect::<Vec<_>>(),
+        "no seq repeated or skipped"
+    );
     assert_eq!(p.status(&id).await["attempts"], 3);
     p.kill().await;
 }

@@ -352,7 +352,10 @@ async fn delete_cancels_a_running_stream() {
 
 /// started, chunks 1..=n, then one terminal event.
 fn assert_complete_prefix(events: &[SseEvent], n: u64) {
-    let seqs: Vec<u64> = events.iter().map(|e| e.data["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|e| e.data["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, (0..=n + 1).collect::<Vec<_>>());
 }
 
@@ -365,7 +368,11 @@ async fn websocket_control_replies_never_wait_on_a_full_event_queue() {
     let mut ws = ws_connect(&app).await;
     let (streams, count) = (4, 2_000u64);
     for _ in 0..streams {
-        send(&mut ws, ticks(json!({"count": count, "interval_ms": 0, "pad_bytes": 200}))).await;
+        send(
+            &mut ws,
+            ticks(json!({"count": count, "interval_ms": 0, "pad_bytes": 200})),
+        )
+        .await;
     }
     // Do not read while the streams run: the queue and the socket buffers fill up.
     let mut ids = std::collections::HashSet::new();
@@ -373,7 +380,11 @@ async fn websocket_control_replies_never_wait_on_a_full_event_queue() {
     loop {
         let mut done = 0;
         let metrics = app.metrics_text().await;
-        if let Some(line) = metrics.lines().find(|l| l.starts_with("sluice_streams_finished_total{action=\"stream_ticks\",outcome=\"success\"")) {
+        if let Some(line) = metrics.lines().find(|l| {
+            l.starts_with(
+                "sluice_streams_finished_total{action=\"stream_ticks\",outcome=\"success\"",
+            )
+        }) {
             done = line.rsplit(' ').next().unwrap().parse::<u64>().unwrap();
         }
         if done == streams {
@@ -403,7 +414,10 @@ async fn websocket_control_replies_never_wait_on_a_full_event_queue() {
             }
             t => {
                 let sid = f["stream_id"].as_str().unwrap().to_owned();
-                per_stream.entry(sid).or_default().push(f["seq"].as_u64().unwrap());
+                per_stream
+                    .entry(sid)
+                    .or_default()
+                    .push(f["seq"].as_u64().unwrap());
                 if t.ends_with(":success") {
                     terminals += 1;
                 }
@@ -412,7 +426,11 @@ async fn websocket_control_replies_never_wait_on_a_full_event_queue() {
     }
     assert_eq!(ids.len() as u64, streams);
     for (sid, seqs) in &per_stream {
-        assert_eq!(seqs, &(0..=count + 1).collect::<Vec<_>>(), "{sid}: every event once, in order");
+        assert_eq!(
+            seqs,
+            &(0..=count + 1).collect::<Vec<_>>(),
+            "{sid}: every event once, in order"
+        );
     }
     app.shutdown().await;
 }

@@ -154,7 +154,11 @@ async fn live_subscribers_get_heartbeats_without_ids() {
         .filter(|f| !f.contains(":heartbeat\n"))
         .all(|f| f.lines().any(|l| l.starts_with("id:"))));
     let stored = read_topic(&format!("{}{}", app.settings.kafka.stream_topic_prefix, id)).await;
-    assert_eq!(stored.len(), 5, "started, 3 chunks, success: nothing else stored");
+    assert_eq!(
+        stored.len(),
+        5,
+        "started, 3 chunks, success: nothing else stored"
+    );
     assert!(stored
         .iter()
         .all(|m| !String::from_utf8_lossy(m.payload().unwrap()).contains(":heartbeat")));
@@ -255,7 +259,9 @@ async fn malformed_intake_goes_to_the_dlq_and_the_consumer_goes_on() {
     let metrics = app.metrics_text().await;
     for (_, reason) in &bad {
         assert!(
-            metrics.contains(&format!(r#"sluice_intake_rejected_total{{reason="{reason}"}} 1"#)),
+            metrics.contains(&format!(
+                r#"sluice_intake_rejected_total{{reason="{reason}"}} 1"#
+            )),
             "{reason}: {metrics}"
         );
     }
@@ -278,12 +284,26 @@ async fn unknown_handler_is_refused_before_any_topic_and_redelivery_runs_once() 
     .await;
     let dlq = wait_topic(&app.settings.intake.dlq_topic, 1).await;
     assert_eq!(dlq.len(), 1);
-    let reason = dlq[0].headers().unwrap().iter().find(|h| h.key == "sluice.reason").and_then(|h| h.value).unwrap();
+    let reason = dlq[0]
+        .headers()
+        .unwrap()
+        .iter()
+        .find(|h| h.key == "sluice.reason")
+        .and_then(|h| h.value)
+        .unwrap();
     assert_eq!(reason, b"unknown_handler");
-    let status = app.http.get(app.url(&format!("/v1/streams/{id}"))).send().await.unwrap();
+    let status = app
+        .http
+        .get(app.url(&format!("/v1/streams/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(status.status(), 404, "no record was created");
     let topic = format!("{}{}", app.settings.kafka.stream_topic_prefix, id);
-    assert!(!topic_exists(&topic), "no stream topic was created for {topic}");
+    assert!(
+        !topic_exists(&topic),
+        "no stream topic was created for {topic}"
+    );
 
     let dup = unique("dup");
     let req = json!({"type": "demo:stream_ticks:v1:requested", "stream_id": dup, "payload": {"count": 3, "interval_ms": 1}});

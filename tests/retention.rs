@@ -141,7 +141,7 @@ async fn a_corrupt_record_fails_its_stream_and_the_others_resume() {
         db.put(format!("stream/{broken}"), b"\x00not a record")
             .unwrap();
     }
-    let app = start_exact(settings.clone(), dir, sluice::app::builtin_handlers(&settings)).await;
+    let app = start_exact(settings, dir, Registry::new()).await;
     let failed = app.sse(&broken, None).await.collect().await;
     let last = failed.last().unwrap();
     assert_eq!(last.state(), "failed");
@@ -172,7 +172,7 @@ async fn a_burst_of_stream_topics_is_created_in_batches_and_all_exist() {
     };
     kafka.stream_topic_prefix = format!("sluice.test.{}.", unique("b"));
     let metrics = std::sync::Arc::new(sluice::metrics::Metrics::new().unwrap());
-    let journal = sluice::journal::Journal::new(&kafka, metrics.clone()).unwrap();
+    let journal = sluice::kafka::producer::Journal::new(&kafka, metrics.clone()).unwrap();
     let ids: Vec<sluice::event::StreamId> = (0..60)
         .map(|i| sluice::event::StreamId::parse(&format!("burst-{i}")).unwrap())
         .collect();

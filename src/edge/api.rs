@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{parse_id, ApiError, Shared};
 use crate::event::StreamId;
-use crate::hub::CancelOutcome;
+use crate::stream::hub::CancelOutcome;
 
 fn links(id: &StreamId) -> serde_json::Value {
     json!({
@@ -69,6 +69,7 @@ pub async fn status(
         "chunks": chunks,
         "last_event_id": last_event_id,
         "attempts": record.attempts,
+        "cursor": record.cursor,
         "running_here": live.is_some(),
         "created_at": record.created_at,
         "updated_at": record.updated_at,

@@ -7,7 +7,7 @@ use axum::Json;
 use serde_json::json;
 
 use crate::event::RequestError;
-use crate::subscription;
+use crate::stream::subscription;
 
 /// A refused HTTP request.
 #[derive(Debug, thiserror::Error)]

@@ -24,13 +24,13 @@ use serde_json::json;
 pub use error::{ApiError, Rejection};
 
 use crate::event::{Request as StreamRequest, StreamId};
-use crate::handler::Registry;
-use crate::hub::Hub;
-use crate::journal::Journal;
+use crate::handlers::Registry;
+use crate::kafka::producer::Journal;
 use crate::metrics::Metrics;
 use crate::settings::{EdgeSettings, IntakeSettings};
 use crate::store::Store;
-use crate::subscription::Subscriptions;
+use crate::stream::hub::Hub;
+use crate::stream::subscription::Subscriptions;
 
 /// Everything the handlers share.
 pub struct EdgeState {
@@ -227,7 +227,14 @@ mod tests {
         assert_eq!(parse_event_id("0").unwrap(), 0);
         assert_eq!(parse_event_id(" 42 ").unwrap(), 42);
         assert_eq!(parse_event_id("9223372036854775806").unwrap(), i64::MAX - 1);
-        for bad in ["9223372036854775807", "9223372036854775808", "99999999999999999999", "-1", "x", ""] {
+        for bad in [
+            "9223372036854775807",
+            "9223372036854775808",
+            "99999999999999999999",
+            "-1",
+            "x",
+            "",
+        ] {
             let err = parse_event_id(bad).expect_err(bad);
             assert_eq!(err.code(), "invalid_last_event_id", "{bad}");
             assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST, "{bad}");

@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{parse_event_id, parse_id, ApiError, Shared};
-use crate::subscription::Delivery;
+use crate::stream::subscription::Delivery;
 
 /// The SSE event name of the history-lost notice.
 pub const HISTORY_LOST: &str = "sluice:history_lost";

@@ -21,7 +21,7 @@ use tokio::task::{AbortHandle, JoinSet};
 
 use super::{api, parse_id, ApiError, Shared};
 use crate::event::StreamId;
-use crate::subscription::Delivery;
+use crate::stream::subscription::Delivery;
 
 /// `GET /ws`
 pub async fn upgrade(State(state): State<Shared>, ws: WebSocketUpgrade) -> Response {
@@ -157,8 +157,12 @@ impl Socket {
             .get("stream_id")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
-        let result = if matches!(kind, "ping" | "subscribe" | "cancel") {
+        let kind = value
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let result = if matches!(kind.as_str(), "ping" | "subscribe" | "cancel") {
             match serde_json::from_value::<Control>(value) {
                 Ok(Control::Ping) => {
                     self.reply(json!({"type": "pong"}));
@@ -182,8 +186,10 @@ impl Socket {
     async fn request(&mut self, text: &str) -> Result<(), ApiError> {
         self.check_capacity()?;
         let (id, existed) = self.state.submit(text.as_bytes()).await?;
-        self.reply(json!({"type": "accepted", "stream_id": id.as_str(), "id": null, "seq": null,
-                         "payload": {"existing": existed}}));
+        self.reply(
+            json!({"type": "accepted", "stream_id": id.as_str(), "id": null, "seq": null,
+                         "payload": {"existing": existed}}),
+        );
         self.follow(id, None, self.state.edge.request_start_wait)
     }
 

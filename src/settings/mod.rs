@@ -11,7 +11,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod handlers;
 mod validate;
+
+pub use handlers::{
+    DemoSettings, HandlersSettings, HttpFormat, HttpSourceSettings, KafkaSourceSettings,
+    SourceSettings, StartAt,
+};
 
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +30,14 @@ pub enum Error {
     Invalid {
         /// The dotted key, such as `provider.max_concurrent_streams`.
         key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A configured handler is invalid.
+    #[error("configuration key `{key}`: {reason}")]
+    InvalidHandler {
+        /// The dotted key, such as `handlers."search:stream_results".url`.
+        key: String,
         /// What is wrong with it.
         reason: String,
     },
@@ -53,28 +67,6 @@ pub struct Settings {
     pub retention: RetentionSettings,
     /// Built-in and configured stream handlers.
     pub handlers: HandlersSettings,
-}
-
-/// `[handlers]`
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HandlersSettings {
-    /// The built-in `demo:stream_ticks` handler.
-    pub demo: DemoSettings,
-}
-
-/// `[handlers.demo]`
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DemoSettings {
-    /// Whether `demo:stream_ticks` is registered. Turn it off in production.
-    pub enabled: bool,
-}
-
-impl Default for DemoSettings {
-    fn default() -> Self {
-        DemoSettings { enabled: true }
-    }
 }
 
 /// `[retention]`
@@ -366,6 +358,11 @@ impl Settings {
         for (k, v) in copy.kafka.client_config.iter_mut() {
             if k.contains("password") || k.contains("secret") {
                 *v = "***".into();
+            }
+        }
+        for source in copy.handlers.sources.values_mut() {
+            if let SourceSettings::Http(h) = source {
+                h.headers.values_mut().for_each(|v| *v = "***".into());
             }
         }
         serde_json::to_value(copy).unwrap_or_default()

@@ -85,7 +85,10 @@ impl Settings {
             ));
         }
         if k.stream_topic_replication < 1 {
-            return Err(invalid("kafka.stream_topic_replication", "must be at least 1"));
+            return Err(invalid(
+                "kafka.stream_topic_replication",
+                "must be at least 1",
+            ));
         }
         if self.intake.topic_partitions < 1 {
             return Err(invalid("intake.topic_partitions", "must be at least 1"));
@@ -104,9 +107,8 @@ impl Settings {
         if self.intake.group_id.is_empty() {
             return Err(invalid("intake.group_id", "must not be empty"));
         }
-        Ok(())
+        self.handlers.validate()
     }
-
 }
 
 #[cfg(test)]
@@ -118,17 +120,35 @@ mod tests {
         type Set = fn(&mut Settings);
         let cases: [(&str, Set); 12] = [
             ("retention.delete_batch", |s| s.retention.delete_batch = 0),
-            ("retention.sweep_interval", |s| s.retention.sweep_interval = Duration::ZERO),
-            ("retention.max_stream_topics", |s| s.retention.max_stream_topics = 0),
-            ("provider.chunk_channel_capacity", |s| s.provider.chunk_channel_capacity = 0),
-            ("provider.max_inflight_produces", |s| s.provider.max_inflight_produces = 0),
-            ("provider.heartbeat_interval", |s| s.provider.heartbeat_interval = Duration::ZERO),
+            ("retention.sweep_interval", |s| {
+                s.retention.sweep_interval = Duration::ZERO
+            }),
+            ("retention.max_stream_topics", |s| {
+                s.retention.max_stream_topics = 0
+            }),
+            ("provider.chunk_channel_capacity", |s| {
+                s.provider.chunk_channel_capacity = 0
+            }),
+            ("provider.max_inflight_produces", |s| {
+                s.provider.max_inflight_produces = 0
+            }),
+            ("provider.heartbeat_interval", |s| {
+                s.provider.heartbeat_interval = Duration::ZERO
+            }),
             ("provider.max_attempts", |s| s.provider.max_attempts = 0),
-            ("edge.keepalive_interval", |s| s.edge.keepalive_interval = Duration::ZERO),
-            ("edge.remote_poll_interval", |s| s.edge.remote_poll_interval = Duration::ZERO),
+            ("edge.keepalive_interval", |s| {
+                s.edge.keepalive_interval = Duration::ZERO
+            }),
+            ("edge.remote_poll_interval", |s| {
+                s.edge.remote_poll_interval = Duration::ZERO
+            }),
             ("kafka.replay_readers", |s| s.kafka.replay_readers = 0),
-            ("kafka.operation_timeout", |s| s.kafka.operation_timeout = Duration::ZERO),
-            ("provider.max_chunk_bytes", |s| s.provider.max_chunk_bytes = 2_000_000),
+            ("kafka.operation_timeout", |s| {
+                s.kafka.operation_timeout = Duration::ZERO
+            }),
+            ("provider.max_chunk_bytes", |s| {
+                s.provider.max_chunk_bytes = 2_000_000
+            }),
         ];
         for (key, set) in cases {
             let mut s = Settings::default();

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod source;
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -109,7 +110,7 @@ pub async fn start(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(dir.path());
     tweak(&mut settings);
-    let registry = sluice::app::builtin_handlers(&settings);
+    let registry = Registry::new();
     start_exact(settings, dir, registry).await
 }
 
@@ -368,14 +369,17 @@ pub async fn wait_topic(topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMes
         if all.len() >= n {
             return all;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{topic}: {n} messages in time");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{topic}: {n} messages in time"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Reads one partition of `topic` from its low to its high watermark.
 pub async fn read_partition(topic: &str, partition: i32) -> Vec<rdkafka::message::OwnedMessage> {
-    use rdkafka::{Offset, TopicPartitionList};
+    use rdkafka::{Message, Offset, TopicPartitionList};
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", unique("reader-"))
@@ -400,7 +404,11 @@ pub async fn read_partition(topic: &str, partition: i32) -> Vec<rdkafka::message
         next = m.offset() + 1;
         out.push(m.detach());
     }
-    assert_eq!(out.len() as i64, high - low, "{topic}: one message per offset");
+    assert_eq!(
+        out.len() as i64,
+        high - low,
+        "{topic}: one message per offset"
+    );
     out
 }
 
@@ -427,15 +435,33 @@ pub fn json_of(m: &rdkafka::message::OwnedMessage) -> Value {
 /// Asserts a stored stream topic holds exactly: `started` (seq 0), chunks `1..=n` with
 /// `payload.n == seq`, then one `terminal` event last, each `seq` once and in order.
 pub fn assert_topic_exact(topic: &str, events: &[Value], n: u64, terminal: &str) {
-    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap_or(u64::MAX)).collect();
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap_or(u64::MAX))
+        .collect();
     let want: Vec<u64> = (0..=n + 1).collect();
     assert_eq!(seqs, want, "{topic}: every seq exactly once, in order");
-    let state = |e: &Value| e["type"].as_str().unwrap_or("").rsplit(':').next().unwrap_or("").to_owned();
+    let state = |e: &Value| {
+        e["type"]
+            .as_str()
+            .unwrap_or("")
+            .rsplit(':')
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    };
     assert_eq!(state(&events[0]), "started", "{topic}");
     for e in &events[1..=n as usize] {
         assert_eq!(state(e), "stream", "{topic}: {e}");
-        assert_eq!(e["payload"]["n"], e["seq"], "{topic}: chunk payload matches its seq");
+        assert_eq!(
+            e["payload"]["n"], e["seq"],
+            "{topic}: chunk payload matches its seq"
+        );
     }
     let last = events.last().unwrap();
-    assert_eq!(state(last), terminal, "{topic}: terminal event last: {last}");
+    assert_eq!(
+        state(last),
+        terminal,
+        "{topic}: terminal event last: {last}"
+    );
 }

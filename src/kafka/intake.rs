@@ -20,11 +20,11 @@ use rdkafka::{ClientContext, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{Request, StreamId};
-use crate::handler::Registry;
-use crate::journal::{client_config, Journal};
+use crate::handlers::Registry;
+use crate::kafka::producer::{client_config, Journal};
 use crate::metrics::Metrics;
-use crate::pool::{Admission, Pool};
 use crate::settings::{IntakeSettings, KafkaSettings};
+use crate::stream::pool::{Admission, Pool};
 
 /// Intake failures.
 #[derive(Debug, thiserror::Error)]
@@ -188,10 +188,16 @@ impl Intake {
             // Refused before any topic, record or label exists for it.
             let (reason, detail) = if self.registry.is_streaming(&request.event_type) {
                 let kind = request.event_type.kind();
-                ("unknown_handler", format!("no handler is registered for {kind}"))
+                (
+                    "unknown_handler",
+                    format!("no handler is registered for {kind}"),
+                )
             } else {
                 let t = &request.event_type;
-                ("not_streaming", format!("{t} is not a streaming type and has no handler"))
+                (
+                    "not_streaming",
+                    format!("{t} is not a streaming type and has no handler"),
+                )
             };
             return self.dead_letter(m, reason, &detail, cancel).await;
         }

@@ -17,14 +17,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{Envelope, EventType, State, StreamId};
-use crate::handler::{HandlerError, Output, Registry, StreamContext};
-use crate::hub::{Hub, Live, LiveStream};
-use crate::journal::{self, Journal};
+use crate::handlers::{
+    Chunk, HandlerError, Output, Registry, ResumeMode, StreamContext, StreamHandler,
+};
+use crate::kafka::producer::{self as journal, Journal};
+use crate::kafka::reader::Reader;
 use crate::metrics::Metrics;
-use crate::reader::Reader;
 use crate::settings::ProviderSettings;
 use crate::store::{Durability, Store, StreamRecord, StreamState};
-use crate::writer::StreamWriter;
+use crate::stream::hub::{Hub, Live, LiveStream};
+use crate::stream::writer::StreamWriter;
 
 /// Shared services a stream run needs. Cheap to share behind an `Arc`.
 pub struct Provider {
@@ -80,6 +82,8 @@ struct Run<'a> {
     p: &'a Provider,
     w: StreamWriter,
     started: Instant,
+    /// For `ResumeMode::AfterStored`: chunks the topic holds after the cursor.
+    stored: Vec<Chunk>,
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
@@ -130,6 +134,7 @@ impl Provider {
             p: &self,
             w,
             started: Instant::now(),
+            stored: Vec::new(),
         };
         run.execute(&shutdown, launch).await;
     }
@@ -143,7 +148,7 @@ impl Provider {
         let topic = self.journal.topic_for(&stream_id);
         let marks = match self.reader.watermarks(&topic).await {
             Ok(m) => m,
-            Err(crate::reader::Error::UnknownTopic(_)) => return Ok(()),
+            Err(crate::kafka::reader::Error::UnknownTopic(_)) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
         if marks.high <= marks.low {
@@ -191,6 +196,10 @@ impl Run<'_> {
             self.w.requested.service().to_owned(),
             self.w.requested.action().to_owned(),
         );
+        let handler = self.p.registry.get(&self.w.requested);
+        let mode = handler
+            .as_ref()
+            .map_or(ResumeMode::Replay, |h| h.resume_mode());
         if !self.create_topic(shutdown).await {
             return;
         }
@@ -206,7 +215,7 @@ impl Run<'_> {
                 self.w.id.as_str(),
                 self.w.record.attempts,
             );
-            if !self.resume_point(shutdown).await {
+            if !self.resume_point(shutdown, mode).await {
                 return;
             }
         }
@@ -241,9 +250,13 @@ impl Run<'_> {
         } else {
             None
         };
-        let end = match end {
-            Some(end) => end,
-            None => AssertUnwindSafe(self.run_handler(shutdown))
+        let end = match (end, handler) {
+            (Some(end), _) => end,
+            (None, None) => End::Failed(HandlerError::new(
+                "unknown_handler",
+                format!("no handler is registered for {}", self.w.requested.kind()),
+            )),
+            (None, Some(handler)) => AssertUnwindSafe(self.run_handler(handler, shutdown))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|panic| {
@@ -258,10 +271,10 @@ impl Run<'_> {
 
     /// Finds what earlier runs stored, retrying with backoff while the topic cannot be read.
     /// Returns false when nothing should run: the stream had ended, or the process is stopping.
-    async fn resume_point(&mut self, shutdown: &CancellationToken) -> bool {
+    async fn resume_point(&mut self, shutdown: &CancellationToken, mode: ResumeMode) -> bool {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.prepare_resume().await {
+            match self.prepare_resume(mode).await {
                 Ok(run) => return run,
                 Err(e) => {
                     tracing::warn!(stream_id = %self.w.id, error = %e, retry_ms = backoff.as_millis() as u64, "cannot read stream topic to resume; retrying");
@@ -294,7 +307,10 @@ impl Run<'_> {
     }
 
     /// Finds what an interrupted run already wrote. Returns false if the stream had in fact ended.
-    async fn prepare_resume(&mut self) -> Result<bool, crate::reader::Error> {
+    async fn prepare_resume(
+        &mut self,
+        mode: ResumeMode,
+    ) -> Result<bool, crate::kafka::reader::Error> {
         let marks = self.p.reader.watermarks(&self.w.topic).await?;
         let last = if marks.high > marks.low {
             self.p
@@ -327,20 +343,46 @@ impl Run<'_> {
             self.w.persist(Durability::Sync).await;
             return Ok(false);
         }
-        self.w.skip_through = Some(last_seq);
         self.w.record.last_offset = Some(last.offset);
+        if mode == ResumeMode::AfterStored {
+            // Offsets are never below seqs, so every event after the cursor is at or past this one.
+            let mut from = self.w.record.cursor_seq as i64 + 1;
+            let mut stored = Vec::new();
+            while from < marks.high {
+                let batch = self.p.reader.read(&self.w.topic, from, marks.high).await?;
+                let Some(last) = batch.last() else { break };
+                from = last.offset + 1;
+                stored.extend(batch);
+            }
+            self.stored = stored
+                .into_iter()
+                .filter(|e| e.state == State::Stream)
+                .filter(|e| e.envelope.seq.is_some_and(|s| s > self.w.record.cursor_seq))
+                .map(|e| Chunk {
+                    payload: e.envelope.payload.clone(),
+                    metadata: e
+                        .envelope
+                        .metadata
+                        .as_ref()
+                        .and_then(Value::as_object)
+                        .cloned(),
+                })
+                .collect();
+            self.w.record.next_seq = last_seq + 1;
+            tracing::info!(stream_id = %self.w.id, cursor_seq = self.w.record.cursor_seq, topic_seq = last_seq, stored = self.stored.len(), "resuming after what the topic holds");
+            return Ok(true);
+        }
+        self.w.skip_through = Some(last_seq);
         self.w.record.next_seq = self.w.record.cursor_seq + 1;
         tracing::info!(stream_id = %self.w.id, cursor_seq = self.w.record.cursor_seq, topic_seq = last_seq, "resuming from the last checkpoint (or the start); already stored chunks are skipped");
         Ok(true)
     }
 
-    async fn run_handler(&mut self, shutdown: &CancellationToken) -> End {
-        let Some(handler) = self.p.registry.get(&self.w.requested) else {
-            return End::Failed(HandlerError::new(
-                "unknown_handler",
-                format!("no handler is registered for {}", self.w.requested.kind()),
-            ));
-        };
+    async fn run_handler(
+        &mut self,
+        handler: Arc<dyn StreamHandler>,
+        shutdown: &CancellationToken,
+    ) -> End {
         let (tx, mut rx) = mpsc::channel(self.p.settings.chunk_channel_capacity);
         let handler_cancel = CancellationToken::new();
         let ctx = StreamContext::new(
@@ -349,7 +391,8 @@ impl Run<'_> {
             self.w.record.cursor.clone(),
             tx,
             handler_cancel.clone(),
-        );
+        )
+        .with_stored(std::mem::take(&mut self.stored));
         let mut tasks = JoinSet::new();
         tasks.spawn(async move { handler.run(ctx).await });
         let elapsed = (chrono::Utc::now() - self.w.record.created_at)
@@ -374,12 +417,12 @@ impl Run<'_> {
                 }
                 _ = heartbeat.tick() => self.heartbeat(),
                 out = rx.recv(), if self.w.inflight.len() < max_inflight => match out {
-                    Some(Output::Chunk(v)) => {
-                        if let Err(end) = self.chunk(v).await {
+                    Some(Output::Chunk(c)) => {
+                        if let Err(end) = self.chunk(c).await {
                             break end;
                         }
                     }
-                    Some(Output::Checkpoint(cursor)) => self.w.checkpoint(cursor),
+                    Some(Output::Checkpoint(cursor)) => self.w.checkpoint(cursor).await,
                     None => break End::HandlerDone,
                 }
             }
@@ -404,8 +447,8 @@ impl Run<'_> {
         }
     }
 
-    async fn chunk(&mut self, payload: Value) -> Result<(), End> {
-        let size = serde_json::to_vec(&payload)
+    async fn chunk(&mut self, chunk: Chunk) -> Result<(), End> {
+        let size = serde_json::to_vec(&chunk.payload)
             .map(|b| b.len())
             .unwrap_or(usize::MAX);
         if size > self.p.settings.max_chunk_bytes {
@@ -418,7 +461,7 @@ impl Run<'_> {
             )));
         }
         self.w
-            .write(State::Stream, payload)
+            .write_with(State::Stream, chunk.payload, chunk.metadata)
             .await
             .map_err(End::Storage)
     }

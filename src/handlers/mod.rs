@@ -1,7 +1,13 @@
 //! The handler API: the [`StreamHandler`] trait, the [`StreamContext`] a handler runs with, and the
 //! [`Registry`] that maps `service:action` to a handler.
 //!
-//! This module does not run handlers; the provider does, and turns what they emit into events.
+//! This module does not run handlers; the provider does, and turns what they emit into events. It
+//! does not know the handler kinds either: `app` registers them.
+
+pub mod demo;
+pub mod http;
+pub mod kafka;
+pub mod template;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,9 +54,32 @@ impl From<Closed> for HandlerError {
 #[derive(Debug)]
 pub enum Output {
     /// A chunk of data, stored as the next `stream` event.
-    Chunk(Value),
+    Chunk(Chunk),
     /// An opaque cursor covering every chunk emitted before it.
     Checkpoint(Value),
+}
+
+/// One chunk: its payload, and metadata of its own (such as where a source record came from),
+/// merged over the request's metadata on the stored event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    /// The `payload` of the `stream` event.
+    pub payload: Value,
+    /// Extra `metadata` keys of this chunk's event.
+    pub metadata: Option<serde_json::Map<String, Value>>,
+}
+
+/// How a handler resumes an interrupted stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResumeMode {
+    /// The handler re-emits every chunk after its cursor (or from the start), the same chunks in
+    /// the same order; the provider drops those the stream topic already holds, by `seq`.
+    #[default]
+    Replay,
+    /// The handler is told which chunks the topic holds after its cursor
+    /// ([`StreamContext::stored_since_checkpoint`]) and continues after them; nothing is dropped.
+    /// For sources whose replay order is not deterministic, such as several Kafka partitions.
+    AfterStored,
 }
 
 /// Everything a running handler may use.
@@ -58,6 +87,7 @@ pub struct StreamContext {
     stream_id: StreamId,
     request: Arc<Request>,
     resume_from: Option<Value>,
+    stored: Vec<Chunk>,
     tx: mpsc::Sender<Output>,
     cancel: CancellationToken,
 }
@@ -75,17 +105,30 @@ impl StreamContext {
             stream_id,
             request,
             resume_from,
+            stored: Vec::new(),
             tx,
             cancel,
         }
     }
 
+    /// Sets the chunks the stream topic holds after the resume cursor (`ResumeMode::AfterStored`).
+    pub fn with_stored(mut self, stored: Vec<Chunk>) -> Self {
+        self.stored = stored;
+        self
+    }
+
     /// Emits one chunk. Waits while the bounded channel is full (backpressure).
     pub async fn emit(&self, payload: Value) -> Result<(), Closed> {
-        self.tx
-            .send(Output::Chunk(payload))
-            .await
-            .map_err(|_| Closed)
+        self.emit_chunk(Chunk {
+            payload,
+            metadata: None,
+        })
+        .await
+    }
+
+    /// Emits one chunk with metadata of its own.
+    pub async fn emit_chunk(&self, chunk: Chunk) -> Result<(), Closed> {
+        self.tx.send(Output::Chunk(chunk)).await.map_err(|_| Closed)
     }
 
     /// Records a cursor that covers every chunk emitted so far; a resumed run starts from it.
@@ -120,6 +163,12 @@ impl StreamContext {
     pub fn resume_from(&self) -> Option<&Value> {
         self.resume_from.as_ref()
     }
+
+    /// For `ResumeMode::AfterStored` handlers: the chunks an earlier run stored after the cursor,
+    /// in order. Empty on a first run.
+    pub fn stored_since_checkpoint(&self) -> &[Chunk] {
+        &self.stored
+    }
 }
 
 /// A stream handler: produces chunks for one request.
@@ -127,6 +176,11 @@ impl StreamContext {
 pub trait StreamHandler: Send + Sync + 'static {
     /// Runs the stream to completion. Returning `Ok` ends the stream in `success`.
     async fn run(&self, ctx: StreamContext) -> Result<(), HandlerError>;
+
+    /// How an interrupted stream of this handler resumes.
+    fn resume_mode(&self) -> ResumeMode {
+        ResumeMode::Replay
+    }
 }
 
 /// Handlers keyed by `service:action`.
@@ -144,6 +198,11 @@ impl Registry {
     /// Registers `handler` for `kind` (`service:action`), replacing any earlier one.
     pub fn register(&mut self, kind: &str, handler: impl StreamHandler) {
         self.handlers.insert(kind.to_owned(), Arc::new(handler));
+    }
+
+    /// Adds every handler of `other`, replacing any registered for the same kind.
+    pub fn extend(&mut self, other: Registry) {
+        self.handlers.extend(other.handlers);
     }
 
     /// The registered `service:action` names.
@@ -201,7 +260,7 @@ mod tests {
         )
         .await;
         assert!(blocked.is_err(), "a full channel must block emit");
-        assert!(matches!(rx.recv().await, Some(Output::Chunk(v)) if v == 1));
+        assert!(matches!(rx.recv().await, Some(Output::Chunk(c)) if c.payload == 1));
         drop(rx);
         assert_eq!(ctx.emit(Value::from(3)).await, Err(Closed));
     }

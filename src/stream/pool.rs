@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::event::{Request, StreamId};
-use crate::provider::{Launch, Provider};
 use crate::retention::TopicBudget;
 use crate::store::{self, Durability, StreamRecord};
+use crate::stream::provider::{Launch, Provider};
 
 /// What `admit` did with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +103,7 @@ impl Pool {
         &self,
         permit: OwnedSemaphorePermit,
         record: StreamRecord,
-        live: Arc<crate::hub::LiveStream>,
+        live: Arc<crate::stream::hub::LiveStream>,
         launch: Launch,
     ) {
         let provider = self.provider.clone();
@@ -114,7 +114,10 @@ impl Pool {
             if run.catch_unwind().await.is_err() {
                 // The provider already left the hub (drop guard); the record is not terminal,
                 // so the stream resumes, from what its topic holds, on the next start.
-                tracing::error!(stream_id = id, "stream run panicked outside its handler; it resumes on the next start");
+                tracing::error!(
+                    stream_id = id,
+                    "stream run panicked outside its handler; it resumes on the next start"
+                );
             }
             drop(permit);
         });

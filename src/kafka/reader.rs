@@ -14,9 +14,9 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 
 use crate::event::Envelope;
-use crate::hub::StoredEvent;
-use crate::journal::client_config;
+use crate::kafka::producer::client_config;
 use crate::settings::KafkaSettings;
+use crate::stream::hub::StoredEvent;
 
 /// Replay failures, naming the topic.
 #[derive(Debug, thiserror::Error)]

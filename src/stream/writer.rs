@@ -12,13 +12,13 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::event::{Envelope, EventType, State, StreamId};
-use crate::hub::{Live, LiveStream, StoredEvent};
-use crate::journal::{self, Journal, Stored};
+use crate::kafka::producer::{self as journal, Journal, Stored};
 use crate::metrics::Metrics;
 use crate::store::{Durability, Store, StreamRecord};
+use crate::stream::hub::{Live, LiveStream, StoredEvent};
 
 /// An acknowledgement future: the event's `seq`, state and envelope, and where it landed.
 pub type Ack = BoxFuture<'static, (u64, State, Envelope, Result<Stored, journal::Error>)>;
@@ -72,10 +72,26 @@ impl StreamWriter {
         }
     }
 
-    /// Notes a handler checkpoint covering every chunk written so far.
-    pub fn checkpoint(&mut self, cursor: Value) {
+    /// Notes a handler checkpoint covering every chunk written so far. It is recorded once Kafka
+    /// acknowledged all of them: at once when nothing is in flight (so a source's start position
+    /// is durable before its first chunk; a stream's first checkpoint is synced), otherwise with
+    /// the acknowledgement that covers it.
+    pub async fn checkpoint(&mut self, cursor: Value) {
         let seq = self.record.next_seq.saturating_sub(1);
-        self.checkpoints.push_back((seq, cursor));
+        if !self.inflight.is_empty() {
+            self.checkpoints.push_back((seq, cursor));
+            return;
+        }
+        let durability = if self.record.cursor.is_none() {
+            Durability::Sync
+        } else {
+            Durability::Buffered
+        };
+        self.record.cursor = Some(cursor);
+        self.record.cursor_seq = seq;
+        if let Err(e) = self.store.put(&self.record, durability).await {
+            tracing::warn!(stream_id = %self.id, error = %e, "checkpoint not recorded");
+        }
     }
 
     /// Publishes the terminal event, held back until the record says the stream ended.
@@ -98,6 +114,20 @@ impl StreamWriter {
         }
     }
 
+    /// The request's metadata with a chunk's own keys over it.
+    fn merged_metadata(&self, own: Option<Map<String, Value>>) -> Option<Value> {
+        let Some(own) = own else {
+            return self.record.request.metadata.clone();
+        };
+        let mut merged = match &self.record.request.metadata {
+            Some(Value::Object(m)) => m.clone(),
+            Some(other) => Map::from_iter([("request".to_owned(), other.clone())]),
+            None => Map::new(),
+        };
+        merged.extend(own);
+        Some(Value::Object(merged))
+    }
+
     /// Chunks in the stream so far, counting those a previous run stored.
     pub fn chunks(&self) -> u64 {
         let written = self.skip_through.map_or(0, |s| s + 1);
@@ -106,6 +136,16 @@ impl StreamWriter {
 
     /// Assigns the next `seq` and enqueues the event; skips chunks a previous run already stored.
     pub async fn write(&mut self, state: State, payload: Value) -> Result<(), journal::Error> {
+        self.write_with(state, payload, None).await
+    }
+
+    /// As [`StreamWriter::write`], with metadata of the event's own merged over the request's.
+    pub async fn write_with(
+        &mut self,
+        state: State,
+        payload: Value,
+        metadata: Option<Map<String, Value>>,
+    ) -> Result<(), journal::Error> {
         let mut seq = self.record.next_seq;
         if let Some(stored) = self.skip_through.filter(|s| seq <= *s) {
             if state == State::Stream {
@@ -116,7 +156,10 @@ impl StreamWriter {
             seq = stored + 1;
         }
         self.record.next_seq = seq + 1;
-        let env = self.envelope(state, seq, payload);
+        let mut env = self.envelope(state, seq, payload);
+        if metadata.is_some() {
+            env.metadata = self.merged_metadata(metadata);
+        }
         let bytes = serde_json::to_vec(&env).unwrap_or_default();
         let event_type = env.event_type.clone();
         loop {

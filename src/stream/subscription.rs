@@ -14,12 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::event::{Envelope, StreamId};
-use crate::hub::{Hub, Live, StoredEvent};
-use crate::journal::Journal;
+use crate::kafka::producer::Journal;
+use crate::kafka::reader::{self, Reader, Watermarks};
 use crate::metrics::Metrics;
-use crate::reader::{self, Reader, Watermarks};
 use crate::settings::EdgeSettings;
 use crate::store::{self, Store};
+use crate::stream::hub::{Hub, Live, StoredEvent};
 
 /// What a subscriber receives, in order.
 #[derive(Debug, Clone)]

@@ -49,7 +49,17 @@ pub mod names {
     pub const STREAM_TOPICS: &str = "sluice_stream_topics";
     /// Finished streams deleted by retention.
     pub const STREAMS_SWEPT: &str = "sluice_streams_swept_total";
+    /// Open consumers of source topics, by role.
+    pub const SOURCE_CONSUMERS: &str = "sluice_source_consumers";
+    /// Source topics waited for.
+    pub const SOURCE_TOPICS_WAITING: &str = "sluice_source_topics_waiting";
+    /// HTTP upstream requests, by result.
+    pub const UPSTREAM_REQUESTS: &str = "sluice_upstream_requests_total";
 }
+
+mod sources;
+
+pub use sources::{WaitingGuard, UPSTREAM_RESULTS};
 
 /// Every reason intake dead-letters a message for; each series exists from start-up.
 pub const INTAKE_REASONS: [&str; 8] = [
@@ -84,6 +94,7 @@ pub struct Metrics {
     streams_resumed: IntCounterVec,
     stream_topics: IntGauge,
     streams_swept: IntCounter,
+    sources: sources::SourceMetrics,
     /// `service:action` pairs that may appear as label values; everything else is `other`.
     kinds: HashMap<String, HashSet<String>>,
 }
@@ -202,6 +213,7 @@ impl Metrics {
                 names::STREAMS_SWEPT,
                 "Finished streams whose topic and record retention deleted.",
             )?,
+            sources: sources::SourceMetrics::new(&registry)?,
             registry: registry.clone(),
             kinds: HashMap::new(),
         };
@@ -489,18 +501,28 @@ mod tests {
         let m = Metrics::new()
             .unwrap()
             .with_kinds(["demo:stream_ticks".to_owned()]);
-        for (service, action) in [("foo123", "stream_x"), ("demo", "stream_x"), ("x", "stream_ticks")] {
+        for (service, action) in [
+            ("foo123", "stream_x"),
+            ("demo", "stream_x"),
+            ("x", "stream_ticks"),
+        ] {
             m.stream_started(service, action, "s", "t", 1);
             m.chunk_stored(service, action);
             m.stream_resumed(service, action, "s", 2);
-            let t = crate::event::EventType::parse(&format!("{service}:{action}:v1:failed")).unwrap();
+            let t =
+                crate::event::EventType::parse(&format!("{service}:{action}:v1:failed")).unwrap();
             m.stream_finished(&t, "s", 0, Duration::ZERO, Some("x"));
         }
         let text = m.render();
         for client_value in ["foo123", "stream_x", "\"x\""] {
-            assert!(!text.contains(client_value), "{client_value} became a label value:\n{text}");
+            assert!(
+                !text.contains(client_value),
+                "{client_value} became a label value:\n{text}"
+            );
         }
         assert!(text.contains(r#"sluice_streams_started_total{action="other",service="other"} 3"#));
-        assert!(text.contains(r#"sluice_streams_finished_total{action="other",outcome="failed",service="other"} 3"#));
+        assert!(text.contains(
+            r#"sluice_streams_finished_total{action="other",outcome="failed",service="other"} 3"#
+        ));
     }
 }

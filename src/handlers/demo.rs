@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::handler::{HandlerError, StreamContext, StreamHandler};
+use crate::handlers::{HandlerError, StreamContext, StreamHandler};
 
 /// Most chunks one demo stream may ask for.
 pub const MAX_COUNT: u64 = 10_000_000;
@@ -62,11 +62,7 @@ impl Params {
             return Err(over("interval_ms", self.interval_ms, MAX_INTERVAL_MS));
         }
         if self.pad_bytes > max_pad_bytes as u64 {
-            return Err(over(
-                "pad_bytes",
-                self.pad_bytes,
-                max_pad_bytes as u64,
-            ));
+            return Err(over("pad_bytes", self.pad_bytes, max_pad_bytes as u64));
         }
         Ok(())
     }
@@ -139,7 +135,7 @@ mod tests {
 
     use super::*;
     use crate::event::{Request, StreamId};
-    use crate::handler::Output;
+    use crate::handlers::Output;
 
     async fn run(payload: Value, resume: Option<Value>) -> (Result<(), HandlerError>, Vec<Output>) {
         let (tx, mut rx) = mpsc::channel(1000);
@@ -167,7 +163,7 @@ mod tests {
     fn chunk_ns(out: &[Output]) -> Vec<u64> {
         out.iter()
             .filter_map(|o| match o {
-                Output::Chunk(v) => v["n"].as_u64(),
+                Output::Chunk(c) => c.payload["n"].as_u64(),
                 Output::Checkpoint(_) => None,
             })
             .collect()
@@ -221,7 +217,11 @@ mod tests {
             assert_eq!(err.code, "invalid_payload", "{payload}");
             assert!(out.is_empty(), "nothing emitted for {payload}");
         }
-        let (res, out) = run(json!({"count": 1, "interval_ms": 0, "pad_bytes": 1000}), None).await;
+        let (res, out) = run(
+            json!({"count": 1, "interval_ms": 0, "pad_bytes": 1000}),
+            None,
+        )
+        .await;
         res.unwrap();
         assert_eq!(chunk_ns(&out), vec![1]);
     }
