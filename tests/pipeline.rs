@@ -277,7 +277,7 @@ async fn unknown_handler_is_refused_before_any_topic_and_redelivery_runs_once() 
     let app = start(|_| {}).await;
     let id = unique("nohandler");
     app.produce_raw(
-        json!({"type": "media:stream_media_content:v1:requested", "stream_id": id})
+        json!({"type": "widgets:stream_parts:v1:requested", "stream_id": id})
             .to_string()
             .as_bytes(),
     )

@@ -347,6 +347,20 @@ impl Tails {
         while !behind.is_empty() {
             let m = tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(Error::Stopped(tail.topic.clone())),
+                // The last offsets below `until` may hold no record (a transaction marker): the
+                // consumer's position then tells that a partition is read to its end.
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if let Ok(at) = consumer.position() {
+                        for e in at.elements() {
+                            if let Offset::Offset(o) = e.offset() {
+                                if behind.get(&e.partition()).is_some_and(|stop| o >= *stop) {
+                                    behind.remove(&e.partition());
+                                }
+                            }
+                        }
+                    }
+                    continue;
+                }
                 m = consumer.recv() => m.map_err(err)?,
             };
             let Some(&stop) = behind.get(&m.partition()) else {
