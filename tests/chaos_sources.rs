@@ -36,19 +36,23 @@ async fn wait_cursor(p: &Proc, id: &str) {
     }
 }
 
+/// Waits for every stream to succeed; asserts the kills interrupted at least one of them.
 async fn wait_finished(p: &Proc, ids: &[String]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut resumed = 0;
     for id in ids {
         loop {
             let st = p.status(id).await;
             if st["state"] != "running" && st["state"] != "pending" {
                 assert_eq!(st["state"], "success", "{id}: {st}");
+                resumed += usize::from(st["attempts"].as_u64().unwrap_or(0) > 1);
                 break;
             }
             assert!(tokio::time::Instant::now() < deadline, "{id}: {st}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    assert!(resumed > 0, "no stream was interrupted: the kills did not overlap the work");
 }
 
 fn payloads(topic: &str, events: &[Value], n: usize) -> Vec<Value> {
@@ -66,8 +70,11 @@ async fn kafka_sourced_streams_survive_sigkill_with_every_record_once() {
     let source = format!("{}.feed", unique("chaos"));
     create_topic(&source, 3).await;
     let dir = tempfile::tempdir().unwrap();
+    // Keyed streams read one partition each; the unkeyed one interleaves all three, in an order
+    // that differs between runs, so only resuming after what is stored keeps it exact.
     let handler = format!(
-        "[handlers.\"feed:stream_items\"]\nkind = \"kafka\"\ntopic = \"{source}\"\nkey = \"{{k}}\"\ncheckpoint_every = 3\n"
+        "[handlers.\"feed:stream_items\"]\nkind = \"kafka\"\ntopic = \"{source}\"\nkey = \"{{k}}\"\ncheckpoint_every = 3\n\
+         [handlers.\"feed:stream_all\"]\nkind = \"kafka\"\ntopic = \"{source}\"\nend_header = \"never\"\nidle_timeout = \"3s\"\ncheckpoint_every = 5\n"
     );
     let config = write_config(dir.path(), "max_attempts = 50", &handler);
     let prefix = topic_prefix(&config);
@@ -80,7 +87,9 @@ async fn kafka_sourced_streams_survive_sigkill_with_every_record_once() {
             .await;
         ids.push(id);
     }
-    for id in &ids {
+    let all = unique("all-");
+    p.request(json!({"type": "feed:stream_all:v1:requested", "stream_id": all})).await;
+    for id in ids.iter().chain([&all]) {
         wait_cursor(&p, id).await;
     }
     let per_key = 150;
@@ -112,6 +121,25 @@ async fn kafka_sourced_streams_survive_sigkill_with_every_record_once() {
         let got = payloads(&topic, &events, per_key);
         let want: Vec<Value> = (0..per_key).map(|i| json!({"k": k, "i": i})).collect();
         assert_eq!(got, want, "{topic}: every record of {k} once, in order");
+    }
+    wait_finished(&p, std::slice::from_ref(&all)).await;
+    let topic = format!("{prefix}{all}");
+    let events: Vec<Value> = read_topic(&topic).await.iter().map(json_of).collect();
+    let mut seen = std::collections::BTreeMap::new();
+    for (at, e) in events.iter().enumerate() {
+        if e["type"].as_str().unwrap().ends_with(":stream") {
+            let k = (e["payload"]["k"].as_str().unwrap().to_owned(), e["payload"]["i"].as_u64().unwrap());
+            seen.entry(k).or_insert_with(Vec::new).push((at, e["metadata"]["source"].clone()));
+        }
+    }
+    let dups: Vec<_> = seen.iter().filter(|(_, v)| v.len() > 1).take(5).collect();
+    let missing = per_key * keys.len() - seen.len();
+    assert!(dups.is_empty() && missing == 0, "{topic}: {missing} missing, duplicated: {dups:?}");
+    let got = payloads(&topic, &events, per_key * keys.len());
+    for k in &keys {
+        let of_k: Vec<&Value> = got.iter().filter(|v| v["k"] == k.as_str()).collect();
+        let want: Vec<Value> = (0..per_key).map(|i| json!({"k": k, "i": i})).collect();
+        assert_eq!(of_k, want.iter().collect::<Vec<_>>(), "{topic}: {k} once each, in partition order");
     }
     p.kill().await;
 }

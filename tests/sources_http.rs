@@ -48,8 +48,8 @@ fn record(up: &Up, uri: &Uri, headers: &HeaderMap, body: &Value) -> u64 {
     call
 }
 
-/// NDJSON items `after+1 ..= total`, each `{"id": n, "q": …}`; the first call breaks off after
-/// three items when `?drop=1`.
+/// NDJSON items `after+1 ..= total`, each `{"id": n, "q": …}`; with `?drop=1`, a call without
+/// a cursor breaks off after three items.
 async fn ndjson(
     State(up): State<Up>,
     Path(q): Path<String>,
@@ -57,20 +57,25 @@ async fn ndjson(
     headers: HeaderMap,
     body: axum::Json<Value>,
 ) -> Response {
-    let call = record(&up, &uri, &headers, &body);
+    record(&up, &uri, &headers, &body);
     let after = cursor_of(&headers, &body);
     let total = 8u64;
-    let drop_first = uri.query() == Some("drop=1") && call == 1;
-    let mut lines: Vec<Result<String, std::io::Error>> = Vec::new();
-    for (i, n) in (after + 1..=total).enumerate() {
-        if drop_first && i == 3 {
-            // The connection breaks off mid-body.
-            lines.push(Err(std::io::Error::other("connection reset")));
-            break;
+    // The first call (no cursor yet) breaks off.
+    let drop_first = uri.query() == Some("drop=1") && after == 0;
+    let stream = futures::stream::unfold(after + 1, move |n| {
+        let q = q.clone();
+        async move {
+            if n > total {
+                return None;
+            }
+            if drop_first && n == 4 {
+                // Let the first three items reach the client, then break the connection off.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Some((Err(std::io::Error::other("connection reset")), total + 1));
+            }
+            Some((Ok(format!("{}\n", json!({"id": n, "q": q}))), n + 1))
         }
-        lines.push(Ok(format!("{}\n", json!({"id": n, "q": q}))));
-    }
-    let stream = futures::stream::iter(lines);
+    });
     (
         [("content-type", "application/x-ndjson")],
         Body::from_stream(stream),

@@ -93,8 +93,22 @@ pub async fn spawn(config: &Path) -> Proc {
     })
     .await
     .expect("sluice start in time");
-    // Keep draining the log so the pipe never fills.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // Keep draining the log so the pipe never fills; `SLUICE_TEST_LOG=<file>` keeps a copy.
+    let mut copy = std::env::var("SLUICE_TEST_LOG").ok().and_then(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()
+    });
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(f) = copy.as_mut() {
+                use std::io::Write;
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    });
     let p = Proc {
         child,
         base: format!("http://{addr}"),

@@ -85,6 +85,7 @@ fn positions_of(cursor: &Value) -> Option<Positions> {
 struct Reader<'a> {
     ctx: &'a StreamContext,
     topic: &'a str,
+    end_header: Option<&'a str>,
     next: Positions,
     since_checkpoint: u64,
     checkpoint_every: u64,
@@ -102,9 +103,10 @@ impl Reader<'_> {
             return Ok(Step::Go);
         }
         self.next.insert(r.partition, r.offset + 1);
+        let end = self.end_header.is_some_and(|h| r.has_header(h));
         let mut source = json!({"topic": self.topic, "partition": r.partition,
             "offset": r.offset, "timestamp": r.timestamp});
-        if r.end {
+        if end {
             source["end"] = Value::Bool(true);
         }
         self.ctx
@@ -114,7 +116,7 @@ impl Reader<'_> {
             })
             .await?;
         self.since_checkpoint += 1;
-        if r.end {
+        if end {
             return Ok(Step::End);
         }
         if self.since_checkpoint >= self.checkpoint_every {
@@ -161,12 +163,13 @@ impl StreamHandler for KafkaSource {
         let topic = self.settings.topic.as_str();
         let tail = tokio::select! {
             _ = ctx.cancelled() => return Err(Closed.into()),
-            t = self.tails.tail(topic, self.settings.end_header.as_deref(), &cancel) => t
+            t = self.tails.tail(topic, &cancel) => t
                 .map_err(|e| HandlerError::new("source_unavailable", e.to_string()))?,
         };
         let mut r = Reader {
             ctx: &ctx,
             topic,
+            end_header: self.settings.end_header.as_deref(),
             next: ctx.resume_from().and_then(positions_of).unwrap_or_default(),
             since_checkpoint: 0,
             checkpoint_every: self.settings.checkpoint_every,

@@ -43,21 +43,28 @@ pub struct Record {
     pub timestamp: Option<i64>,
     /// Value bytes; `None` for a tombstone.
     pub value: Option<Arc<[u8]>>,
-    /// Whether the record carries the configured end header.
-    pub end: bool,
+    /// Header names; each stream checks for its own end header.
+    pub headers: Arc<[Box<str>]>,
 }
 
 impl Record {
-    fn from_message(m: &BorrowedMessage<'_>, end_header: Option<&str>) -> Record {
-        let end =
-            end_header.is_some_and(|h| m.headers().is_some_and(|hs| hs.iter().any(|x| x.key == h)));
+    fn from_message(m: &BorrowedMessage<'_>) -> Record {
+        let headers = m
+            .headers()
+            .map(|hs| hs.iter().map(|h| Box::from(h.key)).collect())
+            .unwrap_or_default();
         Record {
             partition: m.partition(),
             offset: m.offset(),
             timestamp: m.timestamp().to_millis(),
             value: m.payload().map(Arc::from),
-            end,
+            headers,
         }
+    }
+
+    /// Whether the record carries a header named `name`.
+    pub fn has_header(&self, name: &str) -> bool {
+        self.headers.iter().any(|h| &**h == name)
     }
 }
 
@@ -105,7 +112,6 @@ struct Routing {
 /// One source topic's shared consumer and its subscribers.
 pub struct Tail {
     topic: String,
-    end_header: Option<String>,
     routing: Mutex<Routing>,
 }
 
@@ -149,17 +155,12 @@ impl Tails {
 
     /// The tail of `topic`, started on first use. Waits, with a warning and a metric, while the
     /// topic does not exist; returns `Stopped` if `cancel` fires or the process shuts down first.
-    pub async fn tail(
-        &self,
-        topic: &str,
-        end_header: Option<&str>,
-        cancel: &CancellationToken,
-    ) -> Result<Arc<Tail>, Error> {
+    pub async fn tail(&self, topic: &str, cancel: &CancellationToken) -> Result<Arc<Tail>, Error> {
         let cell = {
             let mut map = self.tails.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(topic.to_owned()).or_default().clone()
         };
-        let start = cell.get_or_try_init(|| self.start(topic, end_header, cancel));
+        let start = cell.get_or_try_init(|| self.start(topic, cancel));
         tokio::select! {
             biased;
             _ = cancel.cancelled() => Err(Error::Stopped(topic.to_owned())),
@@ -167,12 +168,7 @@ impl Tails {
         }
     }
 
-    async fn start(
-        &self,
-        topic: &str,
-        end_header: Option<&str>,
-        cancel: &CancellationToken,
-    ) -> Result<Arc<Tail>, Error> {
+    async fn start(&self, topic: &str, cancel: &CancellationToken) -> Result<Arc<Tail>, Error> {
         let partitions = self.wait_for_topic(topic, cancel).await?;
         let err = |source| Error::Kafka {
             topic: topic.to_owned(),
@@ -187,7 +183,6 @@ impl Tails {
             .map_err(err)?;
         let tail = Arc::new(Tail {
             topic: topic.to_owned(),
-            end_header: end_header.map(str::to_owned),
             routing: Mutex::new(Routing {
                 positions,
                 ..Routing::default()
@@ -374,7 +369,7 @@ impl Tails {
                 behind.remove(&m.partition());
             }
             if key.is_none() || m.key() == key {
-                if !emit(Record::from_message(&m, tail.end_header.as_deref())) {
+                if !emit(Record::from_message(&m)) {
                     return Ok(false);
                 }
             }
@@ -475,7 +470,7 @@ impl Tail {
                 continue;
             }
             let rec = record
-                .get_or_insert_with(|| Record::from_message(m, self.end_header.as_deref()))
+                .get_or_insert_with(|| Record::from_message(m))
                 .clone();
             if sub.tx.try_send(rec).is_err() {
                 dropped.push(id);
