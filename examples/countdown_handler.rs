@@ -25,7 +25,10 @@ impl StreamHandler for Countdown {
     async fn run(&self, ctx: StreamContext) -> Result<(), HandlerError> {
         let payload = &ctx.request().payload;
         let from = payload.get("from").and_then(Value::as_u64).unwrap_or(10);
-        let every = payload.get("every_ms").and_then(Value::as_u64).unwrap_or(500);
+        let every = payload
+            .get("every_ms")
+            .and_then(Value::as_u64)
+            .unwrap_or(500);
         if from > 10_000 || every > 60_000 {
             return Err(HandlerError::new(
                 "invalid_payload",
@@ -52,7 +55,9 @@ impl StreamHandler for Countdown {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "settings.toml".into());
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "settings.toml".into());
     let settings = Settings::load(Some(std::path::Path::new(&path)))?;
     sluice::telemetry::init(&settings.log);
     let mut handlers = Registry::new();

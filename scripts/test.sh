@@ -17,8 +17,9 @@ if (($#)); then
   exec cargo test --locked "$@"
 fi
 cargo test --locked
-echo "== benchmark harness smoke run (no speed assertions)"
+echo "== benchmark harness smoke runs (no speed assertions)"
 cargo test --locked --bench e2e -- --quick
+cargo test --locked --bench sources -- --quick
 echo "== live dashboard check"
 scripts/check-dashboards.sh
 echo "== docker and dashboard structure"

@@ -25,19 +25,6 @@ impl Rng {
     }
 }
 
-fn seed() -> u64 {
-    std::env::var("SLUICE_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_leaves_every_stream_exactly_once() {
     let seed = seed();

@@ -16,22 +16,13 @@ use common::source::{create_topic, Source};
 use common::*;
 use serde_json::{json, Value};
 
-fn seed() -> u64 {
-    std::env::var("SLUICE_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos() as u64
-        })
-}
-
 async fn wait_cursor(p: &Proc, id: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while p.status(id).await["cursor"].is_null() {
-        assert!(tokio::time::Instant::now() < deadline, "{id} recorded no start");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} recorded no start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -52,14 +43,24 @@ async fn wait_finished(p: &Proc, ids: &[String]) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    assert!(resumed > 0, "no stream was interrupted: the kills did not overlap the work");
+    assert!(
+        resumed > 0,
+        "no stream was interrupted: the kills did not overlap the work"
+    );
 }
 
 fn payloads(topic: &str, events: &[Value], n: usize) -> Vec<Value> {
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (0..=n as u64 + 1).collect::<Vec<_>>(), "{topic}: each seq once");
+    assert_eq!(
+        seqs,
+        (0..=n as u64 + 1).collect::<Vec<_>>(),
+        "{topic}: each seq once"
+    );
     let last = events.last().unwrap();
-    assert!(last["type"].as_str().unwrap().ends_with(":success"), "{topic}: {last}");
+    assert!(
+        last["type"].as_str().unwrap().ends_with(":success"),
+        "{topic}: {last}"
+    );
     events[1..=n].iter().map(|e| e["payload"].clone()).collect()
 }
 
@@ -83,12 +84,15 @@ async fn kafka_sourced_streams_survive_sigkill_with_every_record_once() {
     let mut ids = Vec::new();
     for k in &keys {
         let id = unique("feed-");
-        p.request(json!({"type": "feed:stream_items:v1:requested", "stream_id": id, "payload": {"k": k}}))
-            .await;
+        p.request(
+            json!({"type": "feed:stream_items:v1:requested", "stream_id": id, "payload": {"k": k}}),
+        )
+        .await;
         ids.push(id);
     }
     let all = unique("all-");
-    p.request(json!({"type": "feed:stream_all:v1:requested", "stream_id": all})).await;
+    p.request(json!({"type": "feed:stream_all:v1:requested", "stream_id": all}))
+        .await;
     for id in ids.iter().chain([&all]) {
         wait_cursor(&p, id).await;
     }
@@ -108,7 +112,9 @@ async fn kafka_sourced_streams_survive_sigkill_with_every_record_once() {
     };
     let mut rng = seed;
     for _ in 0..3 {
-        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         tokio::time::sleep(Duration::from_millis(100 + (rng >> 33) % 900)).await;
         p.kill().await;
         p = spawn(&config).await;
@@ -128,18 +134,30 @@ async fn kafka_sourced_streams_survive_sigkill_with_every_record_once() {
     let mut seen = std::collections::BTreeMap::new();
     for (at, e) in events.iter().enumerate() {
         if e["type"].as_str().unwrap().ends_with(":stream") {
-            let k = (e["payload"]["k"].as_str().unwrap().to_owned(), e["payload"]["i"].as_u64().unwrap());
-            seen.entry(k).or_insert_with(Vec::new).push((at, e["metadata"]["source"].clone()));
+            let k = (
+                e["payload"]["k"].as_str().unwrap().to_owned(),
+                e["payload"]["i"].as_u64().unwrap(),
+            );
+            seen.entry(k)
+                .or_insert_with(Vec::new)
+                .push((at, e["metadata"]["source"].clone()));
         }
     }
     let dups: Vec<_> = seen.iter().filter(|(_, v)| v.len() > 1).take(5).collect();
     let missing = per_key * keys.len() - seen.len();
-    assert!(dups.is_empty() && missing == 0, "{topic}: {missing} missing, duplicated: {dups:?}");
+    assert!(
+        dups.is_empty() && missing == 0,
+        "{topic}: {missing} missing, duplicated: {dups:?}"
+    );
     let got = payloads(&topic, &events, per_key * keys.len());
     for k in &keys {
         let of_k: Vec<&Value> = got.iter().filter(|v| v["k"] == k.as_str()).collect();
         let want: Vec<Value> = (0..per_key).map(|i| json!({"k": k, "i": i})).collect();
-        assert_eq!(of_k, want.iter().collect::<Vec<_>>(), "{topic}: {k} once each, in partition order");
+        assert_eq!(
+            of_k,
+            want.iter().collect::<Vec<_>>(),
+            "{topic}: {k} once each, in partition order"
+        );
     }
     p.kill().await;
 }
@@ -156,9 +174,15 @@ async fn slow_items(headers: HeaderMap) -> impl IntoResponse {
             return None;
         }
         tokio::time::sleep(Duration::from_millis(15)).await;
-        Some((Ok::<_, std::io::Error>(format!("{}\n", json!({"id": n}))), n + 1))
+        Some((
+            Ok::<_, std::io::Error>(format!("{}\n", json!({"id": n}))),
+            n + 1,
+        ))
     });
-    ([("content-type", "application/x-ndjson")], Body::from_stream(stream))
+    (
+        [("content-type", "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +209,9 @@ async fn http_sourced_streams_survive_sigkill_with_every_item_once() {
     }
     let mut rng = seed;
     for _ in 0..2 {
-        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         tokio::time::sleep(Duration::from_millis(200 + (rng >> 33) % 800)).await;
         p.kill().await;
         p = spawn(&config).await;

@@ -201,12 +201,7 @@ async fn http_api_statuses() {
         "same idempotency key returns the existing stream"
     );
 
-    let r = app
-        .http
-        .delete(app.url(&format!("/v1/streams/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.cancel(&id).await;
     assert_eq!(r.status(), 409);
     let r = app
         .http
@@ -324,12 +319,7 @@ async fn delete_cancels_a_running_stream() {
     while events.len() < 3 {
         events.push(sse.next_event().await.expect("running"));
     }
-    let r = app
-        .http
-        .delete(app.url(&format!("/v1/streams/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.cancel(&id).await;
     assert_eq!(r.status(), 202);
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelling");
     events.extend(sse.collect().await);
@@ -340,12 +330,7 @@ async fn delete_cancels_a_running_stream() {
     assert_complete_prefix(&events, chunks);
     let st = app.status(&id).await;
     assert_eq!(st["state"], "cancelled");
-    let again = app
-        .http
-        .delete(app.url(&format!("/v1/streams/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let again = app.cancel(&id).await;
     assert_eq!(again.status(), 409, "a finished stream cannot be cancelled");
     app.shutdown().await;
 }
@@ -418,7 +403,10 @@ async fn websocket_control_replies_never_wait_on_a_full_event_queue() {
             }
             t => {
                 let sid = f["stream_id"].as_str().unwrap().to_owned();
-                per_stream.entry(sid).or_default().push(f["seq"].as_u64().unwrap());
+                per_stream
+                    .entry(sid)
+                    .or_default()
+                    .push(f["seq"].as_u64().unwrap());
                 if t.ends_with(":success") {
                     terminals += 1;
                 }
@@ -428,8 +416,11 @@ async fn websocket_control_replies_never_wait_on_a_full_event_queue() {
     assert_eq!(ids.len() as u64, streams + extra);
     for (sid, seqs) in &per_stream {
         let n = if seqs.len() == 3 { 1 } else { count };
-        assert_eq!(seqs, &(0..=n + 1).collect::<Vec<_>>(), "{sid}: every event once, in order");
+        assert_eq!(
+            seqs,
+            &(0..=n + 1).collect::<Vec<_>>(),
+            "{sid}: every event once, in order"
+        );
     }
     app.shutdown().await;
 }
-

@@ -395,12 +395,7 @@ async fn poll_mode_emits_one_chunk_per_interval_until_cancelled() {
         chunks[0]["host"], "host=db%201%26x%3D2",
         "the value stays one query value"
     );
-    let r = app
-        .http
-        .delete(app.url(&format!("/v1/streams/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.cancel(&id).await;
     assert_eq!(r.status(), 202);
     let rest = sse.collect().await;
     assert_eq!(rest.last().unwrap().state(), "cancelled");

@@ -69,6 +69,21 @@ pub fn ticks(payload: Value) -> Value {
     serde_json::json!({"type": "demo:stream_ticks:v1:requested", "payload": payload})
 }
 
+/// A seed for randomised tests: `SLUICE_CHAOS_SEED`, else the clock. Tests print it so a failure
+/// can be replayed.
+pub fn seed() -> u64 {
+    std::env::var("SLUICE_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        })
+}
+
 /// A short unique name.
 pub fn unique(prefix: &str) -> String {
     format!(
@@ -215,6 +230,15 @@ impl TestApp {
         assert_eq!(resp.status(), 202, "POST /v1/streams");
         let v: Value = resp.json().await.unwrap();
         v["stream_id"].as_str().unwrap().to_owned()
+    }
+
+    /// `DELETE /v1/streams/{id}`.
+    pub async fn cancel(&self, id: &str) -> reqwest::Response {
+        self.http
+            .delete(self.url(&format!("/v1/streams/{id}")))
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Opens an SSE subscription.

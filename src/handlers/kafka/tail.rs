@@ -368,10 +368,8 @@ impl Tails {
             if m.offset() + 1 >= stop {
                 behind.remove(&m.partition());
             }
-            if key.is_none() || m.key() == key {
-                if !emit(Record::from_message(&m)) {
-                    return Ok(false);
-                }
+            if (key.is_none() || m.key() == key) && !emit(Record::from_message(&m)) {
+                return Ok(false);
             }
         }
         Ok(true)

@@ -1,0 +1,441 @@
+//! Stream-source benchmark, each figure beside its raw baseline in the same run and on the same
+//! broker. `cargo bench --bench sources` (full) or `cargo bench --bench sources -- --quick`.
+//! Writes `target/bench/sources.json` and `target/bench/sources.md`.
+//!
+//! * K1 source record produced → SSE client, with N concurrent kafka-sourced streams on one source
+//!   topic at R records/s in total. Open loop: each record carries its intended send time, and
+//!   latency is measured from that, so a stalled producer cannot hide queueing.
+//! * K0 baseline: raw rdkafka produce → consume of the same bytes, same topic layout and rate.
+//! * H1 NDJSON relay: lines/s through one HTTP-sourced stream (upstream → SSE client), against
+//!   H0, the same upstream read directly by an HTTP client.
+
+use std::time::{Duration, Instant};
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message};
+use serde_json::{json, Value};
+use sluice::settings::{HttpSourceSettings, KafkaSourceSettings, SourceSettings, StartAt};
+use sluice::{App, Settings};
+use tokio_util::sync::CancellationToken;
+
+fn brokers() -> String {
+    std::env::var("SLUICE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn tag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
+}
+
+fn micros_now() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+fn pct(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .create()
+        .unwrap()
+}
+
+async fn create_topic(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let res = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    for r in res {
+        r.unwrap();
+    }
+}
+
+/// A realistic record: the intended send time, the key and some chat-like text.
+fn record(key: &str, intended: i64, n: u64) -> String {
+    json!({"sent_us": intended, "conversation_id": key, "n": n,
+           "text": format!("message {n} in {key}: the quick brown fox jumps over the lazy dog")})
+    .to_string()
+}
+
+/// Produces `rate` records/s for `secs` round-robin over `keys`, open loop: each record is stamped
+/// with the time it was due, whether or not the producer got to it on time.
+async fn produce_open_loop(topic: &str, keys: &[String], rate: u64, secs: u64) {
+    let p = producer();
+    let start = Instant::now();
+    let start_us = micros_now();
+    let total = rate * secs;
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for n in 0..total {
+        let due = Duration::from_micros(n * 1_000_000 / rate);
+        tokio::time::sleep_until((start + due).into()).await;
+        let key = &keys[(n % keys.len() as u64) as usize];
+        let v = record(key, start_us + due.as_micros() as i64, n);
+        let p = p.clone();
+        let topic = topic.to_owned();
+        let key = key.clone();
+        acks.push(async move {
+            p.send(
+                FutureRecord::to(&topic).key(&key).payload(&v),
+                Duration::from_secs(30),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+        });
+        while let Some(Some(r)) = futures::FutureExt::now_or_never(acks.next()) {
+            r.unwrap();
+        }
+    }
+    while let Some(r) = acks.next().await {
+        r.unwrap();
+    }
+}
+
+/// K0: raw produce → consume latency of the same records on the same layout.
+async fn k0(keys: &[String], rate: u64, secs: u64) -> Histogram<u64> {
+    let topic = format!("bench.src.{}.raw", tag());
+    create_topic(&topic, 4).await;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("bench-{}", tag()))
+        .set("auto.offset.reset", "latest")
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    while consumer.assignment().map(|a| a.count()).unwrap_or(0) < 4 {
+        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+    }
+    let total = rate * secs;
+    let reader = tokio::spawn(async move {
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        for _ in 0..total {
+            let m = consumer.recv().await.unwrap();
+            let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            let lat = micros_now() - v["sent_us"].as_i64().unwrap();
+            h.record(lat.max(0) as u64).unwrap();
+        }
+        h
+    });
+    produce_open_loop(&topic, keys, rate, secs).await;
+    reader.await.unwrap()
+}
+
+struct Running {
+    base: String,
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn run_sluice(tweak: impl FnOnce(&mut Settings)) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tag();
+    let mut s = Settings::default();
+    s.http.listen = "127.0.0.1:0".parse().unwrap();
+    s.kafka.brokers = brokers();
+    s.kafka.stream_topic_prefix = format!("bench.{t}.");
+    s.intake.topic = format!("bench.{t}.requests");
+    s.intake.dlq_topic = format!("bench.{t}.dlq");
+    s.intake.group_id = format!("bench-{t}");
+    s.intake.topic_partitions = 1;
+    s.store.path = dir.path().join("db");
+    s.provider.max_concurrent_streams = 10_000;
+    tweak(&mut s);
+    let app = App::build(s).await.unwrap();
+    let base = format!("http://{}", app.http_addr());
+    let stop = CancellationToken::new();
+    let s2 = stop.clone();
+    let handle = tokio::spawn(async move { app.run(s2.cancelled_owned()).await });
+    let http = reqwest::Client::new();
+    while !http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Running {
+        base,
+        stop,
+        handle,
+        _dir: dir,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(60), self.handle).await;
+    }
+
+    async fn request(&self, body: Value) -> String {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/streams", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        r.json::<Value>().await.unwrap()["stream_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn sse(&self, id: &str) -> impl futures::Stream<Item = (String, Value)> {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/v1/streams/{id}/events", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes_stream()
+            .eventsource()
+            .filter_map(|e| async move {
+                let e = e.ok()?;
+                Some((
+                    e.event,
+                    serde_json::from_str(&e.data).unwrap_or(Value::Null),
+                ))
+            })
+    }
+
+    async fn cursor(&self, id: &str) -> bool {
+        let st: Value = reqwest::get(format!("{}/v1/streams/{id}", self.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        !st["cursor"].is_null()
+    }
+}
+
+/// K1: N kafka-sourced streams, one key each, R records/s in total; source → SSE latency.
+async fn k1(keys: &[String], rate: u64, secs: u64) -> Histogram<u64> {
+    let topic = format!("bench.src.{}.k1", tag());
+    create_topic(&topic, 4).await;
+    let src = topic.clone();
+    let app = run_sluice(move |s| {
+        s.handlers.sources.insert(
+            "bench:stream_messages".into(),
+            SourceSettings::Kafka(KafkaSourceSettings {
+                topic: src,
+                key: Some("{conversation_id}".into()),
+                start: StartAt::Latest,
+                end_header: None,
+                idle_timeout: Duration::ZERO,
+                checkpoint_every: 100,
+            }),
+        );
+    })
+    .await;
+    let total = rate * secs;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<i64>();
+    let mut ids = Vec::new();
+    for k in keys {
+        let id = app
+            .request(json!({"type": "bench:stream_messages:v1:requested", "payload": {"conversation_id": k}}))
+            .await;
+        ids.push(id);
+    }
+    let mut readers = Vec::new();
+    for id in &ids {
+        while !app.cursor(id).await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut events = Box::pin(app.sse(id).await);
+        let tx = tx.clone();
+        readers.push(tokio::spawn(async move {
+            while let Some((event, data)) = events.next().await {
+                if event.ends_with(":stream") {
+                    let lat = micros_now() - data["payload"]["sent_us"].as_i64().unwrap_or(0);
+                    if tx.send(lat).is_err() {
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    eprintln!(
+        "K1: {} streams started, each with a live SSE client",
+        ids.len()
+    );
+    produce_open_loop(&topic, keys, rate, secs).await;
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.len() < total && Instant::now() < deadline {
+        if let Ok(Some(lat)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            h.record(lat.max(0) as u64).unwrap();
+        }
+    }
+    assert_eq!(h.len(), total, "every record reached its SSE client");
+    for r in readers {
+        r.abort();
+    }
+    app.stop().await;
+    h
+}
+
+/// An NDJSON upstream of `lines` small JSON lines, as fast as it can write them.
+async fn ndjson_upstream(lines: u64) -> String {
+    use axum::body::Body;
+    let app = axum::Router::new().route(
+        "/lines",
+        axum::routing::any(move || async move {
+            let stream = futures::stream::iter((1..=lines).map(|n| {
+                Ok::<_, std::io::Error>(format!(
+                    "{{\"id\":{n},\"text\":\"line {n} of the answer\"}}\n"
+                ))
+            }));
+            (
+                [("content-type", "application/x-ndjson")],
+                Body::from_stream(stream),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/lines")
+}
+
+/// H0 and H1: the upstream read directly, and relayed through one stream to an SSE client.
+async fn relay(lines: u64) -> (f64, f64) {
+    let url = ndjson_upstream(lines).await;
+    let started = Instant::now();
+    let body = reqwest::Client::new()
+        .post(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let direct = lines as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(body.iter().filter(|b| **b == b'\n').count() as u64, lines);
+    let u = url.clone();
+    let app = run_sluice(move |s| {
+        s.handlers.sources.insert(
+            "bench:stream_answers".into(),
+            SourceSettings::Http(HttpSourceSettings {
+                url: u,
+                method: None,
+                format: None,
+                cursor: Some("id".into()),
+                connect_timeout: Duration::from_secs(5),
+                retries: 0,
+                poll_interval: None,
+                headers: Default::default(),
+            }),
+        );
+    })
+    .await;
+    let started = Instant::now();
+    let id = app
+        .request(json!({"type": "bench:stream_answers:v1:requested"}))
+        .await;
+    let mut events = Box::pin(app.sse(&id).await);
+    let mut n = 0;
+    while let Some((event, _)) = events.next().await {
+        if event.ends_with(":stream") {
+            n += 1;
+        }
+        if event.ends_with(":success") {
+            break;
+        }
+    }
+    let relayed = n as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(n, lines);
+    app.stop().await;
+    (direct, relayed)
+}
+
+fn lat(h: &Histogram<u64>) -> String {
+    format!(
+        "p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms",
+        pct(h, 0.5),
+        pct(h, 0.99),
+        pct(h, 0.999)
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (streams, rate, secs, lines) = if quick {
+        (20, 100, 2, 2_000)
+    } else {
+        (1000, 1000, 20, 50_000)
+    };
+    let keys: Vec<String> = (0..streams).map(|i| format!("conv-{i}")).collect();
+    let base = k0(&keys, rate, secs).await;
+    let k = k1(&keys, rate, secs).await;
+    let (direct, relayed) = relay(lines).await;
+    let rows = [
+        (
+            "K0 raw produce → consume",
+            lat(&base),
+            String::new(),
+            format!("{rate} records/s, 4 partitions, open loop"),
+        ),
+        (
+            "K1 source record → SSE client",
+            lat(&k),
+            format!(
+                "p99 {:.2} × K0",
+                pct(&k, 0.99) / pct(&base, 0.99).max(0.001)
+            ),
+            format!("{streams} kafka-sourced streams, {rate} records/s in total, open loop"),
+        ),
+        (
+            "H0 NDJSON upstream read directly",
+            format!("{direct:.0} lines/s"),
+            String::new(),
+            format!("{lines} lines"),
+        ),
+        (
+            "H1 NDJSON relay, upstream → SSE client",
+            format!("{relayed:.0} lines/s"),
+            format!("{:.2} × H0", relayed / direct),
+            "one stream, a checkpoint per line".into(),
+        ),
+    ];
+    let mut md = format!(
+        "mode: {}\n\n| figure | result | vs baseline | parameters |\n|---|---|---|---|\n",
+        if quick { "quick" } else { "full" }
+    );
+    for (name, result, ratio, params) in &rows {
+        md.push_str(&format!("| {name} | {result} | {ratio} | {params} |\n"));
+    }
+    print!("{md}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    let _ = std::fs::create_dir_all(&dir);
+    let json: Vec<Value> = rows
+        .iter()
+        .map(|(n, r, v, p)| json!({"figure": n, "result": r, "vs": v, "parameters": p}))
+        .collect();
+    let _ = std::fs::write(
+        dir.join("sources.json"),
+        serde_json::to_string_pretty(&json).unwrap(),
+    );
+    let _ = std::fs::write(dir.join("sources.md"), md);
+}
