@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message};
 use serde_json::{json, Value};
 use sluice::settings::{HttpSourceSettings, KafkaSourceSettings, SourceSettings, StartAt};
@@ -78,6 +78,15 @@ fn record(key: &str, intended: i64, n: u64) -> String {
 /// with the time it was due, whether or not the producer got to it on time.
 async fn produce_open_loop(topic: &str, keys: &[String], rate: u64, secs: u64) {
     let p = producer();
+    // Learn the topic's leaders first, so the first second is not spent on metadata.
+    let (warm, t) = (p.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        warm.client()
+            .fetch_metadata(Some(&t), Duration::from_secs(10))
+            .unwrap()
+    })
+    .await
+    .unwrap();
     let start = Instant::now();
     let start_us = micros_now();
     let total = rate * secs;
@@ -119,10 +128,13 @@ async fn k0(keys: &[String], rate: u64, secs: u64) -> Histogram<u64> {
         .set("fetch.wait.max.ms", "50")
         .create()
         .unwrap();
-    consumer.subscribe(&[&topic]).unwrap();
-    while consumer.assignment().map(|a| a.count()).unwrap_or(0) < 4 {
-        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+    // Assigned at explicit offsets, as Sluice's shared tail is: no group join, no offset lookup.
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(0))
+            .unwrap();
     }
+    consumer.assign(&tpl).unwrap();
     let total = rate * secs;
     let reader = tokio::spawn(async move {
         let mut h = Histogram::<u64>::new(3).unwrap();
@@ -263,6 +275,13 @@ async fn k1(keys: &[String], rate: u64, secs: u64) -> Histogram<u64> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mut events = Box::pin(app.sse(id).await);
+        // A subscriber is live once its replay delivered `started`; production starts after all
+        // are live, so the figure is the steady state, not the cost of opening subscriptions.
+        while let Some((event, _)) = events.next().await {
+            if event.ends_with(":started") {
+                break;
+            }
+        }
         let tx = tx.clone();
         readers.push(tokio::spawn(async move {
             while let Some((event, data)) = events.next().await {
