@@ -160,15 +160,7 @@ async fn a_stream_whose_runs_keep_dying_ends_resume_exhausted() {
         "{:?}",
         last.data
     );
-    let seqs: Vec<u64> = events
-        .iter()
-        .map(|e| e.data["seq"].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        seqs,
-        (0..seqs.len() as u64).collect::<Vec<_>>(),
-        "no seq repeated or skipped"
-    );
+    assert_gapless_seqs(&events, "no seq repeated or skipped");
     assert_eq!(p.status(&id).await["attempts"], 3);
     p.kill().await;
 }

@@ -248,13 +248,7 @@ async fn malformed_intake_goes_to_the_dlq_and_the_consumer_goes_on() {
     assert_eq!(dlq.len(), bad.len(), "one DLQ record per bad message");
     for (m, (bytes, reason)) in dlq.iter().zip(&bad) {
         assert_eq!(m.payload().unwrap(), *bytes, "original bytes kept");
-        let headers = m.headers().unwrap();
-        let got = headers
-            .iter()
-            .find(|h| h.key == "sluice.reason")
-            .and_then(|h| h.value)
-            .unwrap();
-        assert_eq!(std::str::from_utf8(got).unwrap(), *reason);
+        assert_eq!(std::str::from_utf8(&dlq_reason(m)).unwrap(), *reason);
     }
     let metrics = app.metrics_text().await;
     for (_, reason) in &bad {
@@ -284,13 +278,7 @@ async fn unknown_handler_is_refused_before_any_topic_and_redelivery_runs_once() 
     .await;
     let dlq = wait_topic(&app.settings.intake.dlq_topic, 1).await;
     assert_eq!(dlq.len(), 1);
-    let reason = dlq[0]
-        .headers()
-        .unwrap()
-        .iter()
-        .find(|h| h.key == "sluice.reason")
-        .and_then(|h| h.value)
-        .unwrap();
+    let reason = dlq_reason(&dlq[0]);
     assert_eq!(reason, b"unknown_handler");
     let status = app
         .http

@@ -5,8 +5,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use rdkafka::message::Headers;
-use rdkafka::Message;
 use serde_json::json;
 use sluice::Registry;
 
@@ -106,13 +104,7 @@ async fn the_cap_on_live_topics_refuses_new_streams_clearly() {
     .await;
     let dlq = wait_topic(&app.settings.intake.dlq_topic, 1).await;
     assert_eq!(dlq.len(), 1, "one refusal");
-    let reason = dlq[0]
-        .headers()
-        .unwrap()
-        .iter()
-        .find(|h| h.key == "sluice.reason")
-        .and_then(|h| h.value)
-        .unwrap();
+    let reason = dlq_reason(&dlq[0]);
     assert_eq!(reason, b"at_capacity");
     let metrics = app.metrics_text().await;
     assert!(metrics.contains("sluice_stream_topics 2"), "{metrics}");
@@ -146,15 +138,7 @@ async fn a_corrupt_record_fails_its_stream_and_the_others_resume() {
     let last = failed.last().unwrap();
     assert_eq!(last.state(), "failed");
     assert_eq!(last.data["payload"]["code"], "corrupt_record");
-    let seqs: Vec<u64> = failed
-        .iter()
-        .map(|e| e.data["seq"].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        seqs,
-        (0..seqs.len() as u64).collect::<Vec<_>>(),
-        "no gap before the failure"
-    );
+    assert_gapless_seqs(&failed, "no gap before the failure");
     assert_complete(
         &app.sse(&healthy, None).await.collect().await,
         25,

@@ -436,6 +436,25 @@ pub async fn read_partition(topic: &str, partition: i32) -> Vec<rdkafka::message
     out
 }
 
+/// The `sluice.reason` header of a dead-lettered message.
+pub fn dlq_reason(m: &rdkafka::message::OwnedMessage) -> Vec<u8> {
+    use rdkafka::message::{Headers, Message};
+    m.headers()
+        .and_then(|h| h.iter().find(|h| h.key == "sluice.reason"))
+        .and_then(|h| h.value)
+        .expect("sluice.reason header")
+        .to_vec()
+}
+
+/// Asserts the events' `seq`s are 0, 1, 2, … with nothing repeated or skipped.
+pub fn assert_gapless_seqs(events: &[SseEvent], what: &str) {
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|e| e.data["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "{what}");
+}
+
 /// Whether the broker has `topic`.
 pub fn topic_exists(topic: &str) -> bool {
     let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
