@@ -5,7 +5,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use rdkafka::message::Headers;
 use rdkafka::Message;
 use serde_json::json;
 
