@@ -221,22 +221,24 @@ export class SluiceClient {
     streamId: string,
     options: SubscribeOptions = {},
   ): AsyncGenerator<StreamEvent<T>, void, undefined> {
-    return this.#subscribe<T>(streamId, options);
+    // Checked now, not at the first `next()`, so a bad resume point throws where it is passed.
+    const lastId = parseResumeId(options.lastEventId);
+    return this.#subscribe<T>(streamId, lastId, options.signal);
   }
 
   async *#subscribe<T>(
     streamId: string,
-    options: SubscribeOptions,
+    lastId: bigint | undefined,
+    userSignal: AbortSignal | undefined,
   ): AsyncGenerator<StreamEvent<T>, void, undefined> {
     const outer = new AbortController();
-    const userSignal = options.signal;
     const onUserAbort = (): void => outer.abort(userSignal?.reason);
     if (userSignal) {
       if (userSignal.aborted) throw userSignal.reason;
       userSignal.addEventListener("abort", onUserAbort, { once: true });
     }
     const state: ResumeState = {
-      lastId: parseResumeId(options.lastEventId),
+      lastId,
       lastSeq: undefined,
       progressed: false,
     };
