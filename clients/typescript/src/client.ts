@@ -28,53 +28,53 @@ export interface SluiceClientOptions {
    * The bearer token sent as `Authorization: Bearer <token>`. A function is called before every
    * request and reconnect, so a token may be refreshed.
    */
-  token?: string | (() => string | Promise<string>);
+  token?: string | (() => string | Promise<string>) | undefined;
   /** A fetch implementation; the platform's `fetch` by default. */
-  fetch?: FetchLike;
+  fetch?: FetchLike | undefined;
   /**
    * The base reconnect delay of a subscription until the server sends its own (`retry:`), in
    * milliseconds. Each further attempt without progress doubles it. Default 1000.
    */
-  reconnectDelayMs?: number;
+  reconnectDelayMs?: number | undefined;
   /** The cap on one reconnect delay, in milliseconds. Default 30000. */
-  maxReconnectDelayMs?: number;
+  maxReconnectDelayMs?: number | undefined;
   /**
    * How many reconnects in a row a subscription may make without receiving a new event before it
    * gives up and throws the last error. Any new event resets the count. Default 10.
    */
-  maxReconnects?: number;
+  maxReconnects?: number | undefined;
   /**
    * Treat a subscription connection that delivered no bytes at all (not even a keep-alive) for
    * this many milliseconds as dropped, and reconnect. Sluice sends keep-alives every
    * `edge.keepalive_interval` (15 s by default). 0 (the default) turns this off.
    */
-  idleTimeoutMs?: number;
+  idleTimeoutMs?: number | undefined;
   /** Extra headers sent with every request. */
-  headers?: Record<string, string>;
+  headers?: Record<string, string> | undefined;
 }
 
 /** Options of {@link SluiceClient.request}. */
 export interface RequestOptions {
   /** An idempotency key: 1–200 characters of `[A-Za-z0-9._-]`. Sluice assigns a UUID otherwise. */
-  streamId?: string;
+  streamId?: string | undefined;
   /** Free-form metadata, echoed on every event of the stream. */
-  metadata?: Metadata;
+  metadata?: Metadata | undefined;
   /** Aborts the call. */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /** Options of {@link SluiceClient.subscribe}. */
 export interface SubscribeOptions {
   /** Start after this event id (exclusive): the `id` of the last event already seen. */
-  lastEventId?: number | string;
+  lastEventId?: number | string | undefined;
   /** Aborts the subscription: the iteration throws the signal's reason. */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /** Options of calls that only take a signal. */
 export interface CallOptions {
   /** Aborts the call. */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 const DEFAULT_RECONNECT_DELAY_MS = 1000;
