@@ -13,7 +13,7 @@
 (function () {
   const TOKEN_KEY = 'sluice.console.token';
   const STREAM_PREFIX = 'sluice.console.stream.';
-  const PAGE = 50;
+  const PAGE = 50; // rows per page; the list's data-page-size overrides it
   const LIST_REFRESH_MS = 2000;
   const STATUS_REFRESH_MS = 2000;
   const DEFAULT_RETRY_MS = 1000;
@@ -21,7 +21,8 @@
   const BLOCK = 50; // stored events per sessionStorage block
   const KEEP_BLOCKS = 40; // blocks kept per stream (2,000 events); older ones are dropped
   const MAX_LOG_LINES = 5000;
-  const SPARK_SECONDS = 60;
+  const SPARK_SECONDS = 30; // sparkline window
+  const SPARK_POINTS = 60; // one point per half second
   const PAYLOAD_CHARS = 400;
   const TERMINAL = new Set(['success', 'failed', 'timeout', 'cancelled']);
   const HISTORY_LOST = 'sluice:history_lost';
@@ -261,6 +262,11 @@
     typeTimer: 0,
   };
 
+  function pageSize() {
+    const n = Number(byId('streams-table').dataset.pageSize);
+    return Number.isInteger(n) && n >= 1 && n <= 500 ? n : PAGE;
+  }
+
   function listParams() {
     const q = new URLSearchParams();
     const state = byId('filter-state').value;
@@ -279,7 +285,7 @@
     }
     const gen = ++list.generation;
     const q = listParams();
-    q.set('limit', String(Math.min(500, Math.max(PAGE, list.rows.length))));
+    q.set('limit', String(Math.min(500, Math.max(pageSize(), list.rows.length))));
     list.busy = true;
     try {
       const { data } = await api('GET', `/v1/streams?${q}`);
@@ -302,7 +308,7 @@
     if (!list.nextCursor) return;
     const gen = ++list.generation;
     const q = listParams();
-    q.set('limit', String(PAGE));
+    q.set('limit', String(pageSize()));
     q.set('cursor', list.nextCursor);
     list.busy = true;
     try {
@@ -332,7 +338,7 @@
         class: r.stream_id === open ? 'selected' : '',
       },
       el('td', {}, el('span', { class: `badge badge-${state}`, 'data-testid': 'row-state', text: state })),
-      el('td', { class: 'type', 'data-testid': 'row-type', title: r.type, text: r.type }),
+      el('td', { class: 'type', 'data-testid': 'row-type', title: r.type, text: String(r.type || '').replace(/:requested$/, '') }),
       el('td', { class: 'num', 'data-testid': 'row-chunks', text: String(r.chunks ?? '–') }),
       el('td', { class: 'num', title: r.created_at, 'data-testid': 'row-age', text: age(r.created_at) }),
       el('td', { class: 'id' }, el('code', { title: r.stream_id, text: r.stream_id.slice(0, 8) }),
@@ -815,18 +821,19 @@
     hb.textContent = s.lastHeartbeat ? `heartbeat ${((now - s.lastHeartbeat) / 1000).toFixed(1)}s ago` : 'no heartbeat yet';
     byId('heartbeat').dataset.stale = s.lastHeartbeat && now - s.lastHeartbeat > 5000 ? 'true' : 'false';
 
-    // chunks per second over the last SPARK_SECONDS, one point per second
+    // chunks per second over the last SPARK_SECONDS, SPARK_POINTS points
     const horizon = now - SPARK_SECONDS * 1000;
     while (s.chunkTimes.length && s.chunkTimes[0] < horizon) s.chunkTimes.shift();
-    const buckets = new Array(SPARK_SECONDS).fill(0);
+    const step = (SPARK_SECONDS * 1000) / SPARK_POINTS;
+    const buckets = new Array(SPARK_POINTS).fill(0);
     for (const t of s.chunkTimes) {
-      const i = SPARK_SECONDS - 1 - Math.floor((now - t) / 1000);
-      if (i >= 0 && i < SPARK_SECONDS) buckets[i] += 1;
+      const i = SPARK_POINTS - 1 - Math.floor((now - t) / step);
+      if (i >= 0 && i < SPARK_POINTS) buckets[i] += 1000 / step;
     }
     const max = Math.max(1, ...buckets);
     const w = 120;
     const h = 28;
-    const pts = buckets.map((v, i) => `${((i / (SPARK_SECONDS - 1)) * w).toFixed(1)},${(h - 1 - (v / max) * (h - 4)).toFixed(1)}`);
+    const pts = buckets.map((v, i) => `${((i / (SPARK_POINTS - 1)) * w).toFixed(1)},${(h - 1 - (v / max) * (h - 4)).toFixed(1)}`);
     const svg = byId('sparkline');
     svg.querySelector('.spark-line').setAttribute('points', pts.join(' '));
     svg.querySelector('.spark-area').setAttribute('points', `0,${h} ${pts.join(' ')} ${w},${h}`);
