@@ -164,6 +164,7 @@ test('invalid JSON is refused inline, server errors are shown, the list filters 
   await page.$eval('[data-testid="streams-table"]', (e) => { e.dataset.pageSize = '1'; });
   await page.selectOption('[data-testid="filter-state"]', '');
   await page.fill('[data-testid="filter-type"]', 'demo:stream_ticks');
+  await page.locator('[data-testid="streams-table"][data-filters="type=demo%3Astream_ticks"]').waitFor({ timeout: 10000 });
   await waitFor(async () => {
     const r = await rows();
     return r.length === 1 && r[0].id === bad;

@@ -221,10 +221,11 @@
       payload.setAttribute('aria-invalid', p.error ? 'true' : 'false');
       return p;
     };
+    // Re-checked while typing once an error shows (not on blur: a check that moves the button
+    // between mousedown and mouseup would swallow the click on it).
     payload.addEventListener('input', () => {
       if (!payloadError.hidden) check();
     });
-    payload.addEventListener('blur', check);
 
     form.addEventListener('submit', async (e) => {
       e.preventDefault();
@@ -257,6 +258,7 @@
   const list = {
     rows: [],
     nextCursor: null,
+    query: '', // the filters the rows shown were listed with
     generation: 0,
     busy: false,
     typeTimer: 0,
@@ -285,6 +287,7 @@
     }
     const gen = ++list.generation;
     const q = listParams();
+    const filters = q.toString().replace(/&?created_after=[^&]*/, '');
     q.set('limit', String(Math.min(500, Math.max(pageSize(), list.rows.length))));
     list.busy = true;
     try {
@@ -292,6 +295,7 @@
       if (gen !== list.generation) return;
       list.rows = data.streams || [];
       list.nextCursor = data.next_cursor || null;
+      list.query = filters;
       show(byId('streams-error'), '');
       byId('streams-updated').textContent = `updated ${clock(Date.now())}`;
       renderList();
@@ -346,6 +350,7 @@
       return tr;
     });
     body.replaceChildren(...rows);
+    byId('streams-table').dataset.filters = list.query || '';
     byId('streams-empty').hidden = list.rows.length > 0;
     byId('load-more').hidden = !list.nextCursor;
   }
