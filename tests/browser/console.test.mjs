@@ -201,6 +201,16 @@ test('the console asks for the token and keeps it across a reload in the same ta
   await prompt.waitFor({ state: 'visible', timeout: 10000 });
   assert.ok(statuses.includes(401), 'the API refused the request without a token');
 
+  // "Not now": the list's background refreshes do not bring the prompt back; "Set token" does.
+  await page.click('[data-testid="token-cancel"]');
+  await prompt.waitFor({ state: 'hidden' });
+  const refused = statuses.length;
+  await waitFor(() => statuses.length > refused, { timeout: 10000, what: 'a background refresh' });
+  assert.ok(await prompt.isHidden(), 'the dismissed prompt stays closed');
+  await page.locator('[data-testid="streams-error"]', { hasText: 'unauthorized' }).waitFor();
+  await page.click('[data-testid="token-change"]');
+  await prompt.waitFor({ state: 'visible' });
+
   // A wrong token is refused and the prompt comes back.
   await page.fill('[data-testid="token-input"]', 'not-the-token');
   await page.click('[data-testid="token-submit"]');

@@ -89,6 +89,7 @@
 
   const auth = {
     token: store.get(TOKEN_KEY) || '',
+    dismissed: false, // "Not now": background requests stop asking until a token is set
     waiting: [], // callbacks run once a token is entered
   };
 
@@ -121,7 +122,9 @@
     return new ApiError(res.status, code, message);
   }
 
-  async function api(method, path, body) {
+  // `interactive`: the operator asked for this request, so a 401 asks for the token even after
+  // the prompt was dismissed.
+  async function api(method, path, body, interactive = false) {
     const init = { method, headers: authHeaders({ Accept: 'application/json' }), cache: 'no-store' };
     if (body !== undefined) {
       init.headers['Content-Type'] = 'application/json';
@@ -135,7 +138,7 @@
     }
     if (!res.ok) {
       const err = await errorOf(res);
-      if (res.status === 401) askToken(auth.token ? 'The token was refused. Enter a valid token.' : null);
+      if (res.status === 401) askToken(refusedMessage(), interactive);
       throw err;
     }
     const text = await res.text();
@@ -149,7 +152,12 @@
     byId('token-forget').hidden = !auth.token;
   }
 
-  function askToken(message) {
+  function refusedMessage() {
+    return auth.token ? 'The token was refused. Enter a valid token.' : null;
+  }
+
+  function askToken(message, force) {
+    if (auth.dismissed && !force) return;
     const dialog = byId('token-prompt');
     byId('token-message').textContent = message || 'This Sluice asks for a bearer token.';
     if (!dialog.open) {
@@ -165,6 +173,7 @@
 
   function setToken(token) {
     auth.token = token;
+    auth.dismissed = false;
     if (token) store.set(TOKEN_KEY, token);
     else store.remove(TOKEN_KEY);
     renderAuth();
@@ -185,8 +194,12 @@
       dialog.close();
       setToken(value);
     });
-    byId('token-cancel').addEventListener('click', () => dialog.close());
-    byId('token-change').addEventListener('click', () => askToken('Enter the API token for this Sluice.'));
+    byId('token-cancel').addEventListener('click', () => {
+      auth.dismissed = true;
+      dialog.close();
+    });
+    dialog.addEventListener('cancel', () => { auth.dismissed = true; }); // Escape
+    byId('token-change').addEventListener('click', () => askToken('Enter the API token for this Sluice.', true));
     byId('token-forget').addEventListener('click', () => setToken(''));
     renderAuth();
   }
@@ -239,7 +252,7 @@
       const button = byId('request-submit');
       button.disabled = true;
       try {
-        const { data } = await api('POST', '/v1/streams', { type: type.value.trim(), payload: p.value });
+        const { data } = await api('POST', '/v1/streams', { type: type.value.trim(), payload: p.value }, true);
         result.textContent = data.existing ? 'already exists' : 'requested';
         location.hash = `#/streams/${encodeURIComponent(data.stream_id)}`;
         refreshList({});
@@ -302,7 +315,6 @@
     } catch (err) {
       if (gen !== list.generation) return;
       show(byId('streams-error'), `${err.code}: ${err.message}`);
-      if (err.status === 401) whenToken(() => {});
     } finally {
       if (gen === list.generation) list.busy = false;
     }
@@ -668,7 +680,7 @@
       }
       if (res.status === 401) {
         setConnection(s, 'unauthorized', 'waiting for a token');
-        askToken(auth.token ? 'The token was refused. Enter a valid token.' : null);
+        askToken(refusedMessage());
         whenToken(() => { if (s === view.session) restart(s.lastId, false); });
         return;
       }
@@ -855,7 +867,7 @@
       renderState(s);
       setStreamError(s, '');
       try {
-        await api('DELETE', `/v1/streams/${encodeURIComponent(s.id)}`);
+        await api('DELETE', `/v1/streams/${encodeURIComponent(s.id)}`, undefined, true);
         setConnection(s, s.terminal ? 'ended' : 'cancelling', s.terminal ? `ended: ${s.terminal}` : 'cancelling…');
       } catch (err) {
         s.cancelling = false;
