@@ -266,6 +266,17 @@ describe("subscribe (scripted server)", () => {
     assert.ok(calls[0]!.signal?.aborted);
   });
 
+  test("idleTimeoutMs: a connection that goes quiet is dropped and resumed", async () => {
+    const { fetch, calls } = scriptedFetch([
+      { sse: [frame(0, 0, "started"), frame(1, 1, "stream")], then: "hang" },
+      { sse: [frame(2, 2, "success")], then: "hang" },
+    ]);
+    const events = await drain(client(fetch, { idleTimeoutMs: 100 }).subscribe("s1"));
+    assert.deepEqual(events.map((e) => e.seq), [0, 1, 2]);
+    assert.equal(calls[1]!.headers.get("last-event-id"), "1");
+    assert.ok(calls[0]!.signal?.aborted);
+  });
+
   test("an invalid lastEventId is refused before any request", () => {
     const { fetch } = scriptedFetch([]);
     assert.throws(() => client(fetch).subscribe("s1", { lastEventId: "-1" }), TypeError);
