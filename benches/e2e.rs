@@ -242,6 +242,7 @@ fn bench_settings(dir: &std::path::Path) -> Settings {
     let t = tag();
     let mut s = Settings::default();
     s.http.listen = "127.0.0.1:0".parse().unwrap();
+    s.grpc.listen = "127.0.0.1:0".parse().unwrap();
     s.kafka.brokers = brokers();
     s.kafka.stream_topic_prefix = format!("bench.{t}.");
     s.intake.topic = format!("bench.{t}.requests");

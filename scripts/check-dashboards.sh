@@ -22,6 +22,8 @@ sport=$(free_port); pport=$(free_port)
 cat >"$work/settings.toml" <<TOML
 [http]
 listen = "127.0.0.1:$sport"
+[grpc]
+listen = "127.0.0.1:0"
 [kafka]
 brokers = "$BROKERS"
 stream_topic_prefix = "sluice.check.$tag."

@@ -32,6 +32,16 @@ java_major() {
   java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1
 }
 java_ok() { local v; v=$(java_major) && [[ -n "$v" ]] && ((v >= 17)); }
+node_ok() {
+  local v; v=$(node --version 2>/dev/null | sed -n 's/^v\([0-9]*\).*/\1/p')
+  [[ -n "$v" ]] && ((v >= 20))
+}
+# The browser tests drive Debian's Chromium; a test tool's own browser download is never used.
+chromium_ok() { [[ -x /usr/bin/chromium ]] && /usr/bin/chromium --headless=new --no-sandbox --version >/dev/null 2>&1; }
+# grpcurl, pinned, built from the Go module proxy into Go's bin directory.
+GRPCURL_VERSION=v1.9.4
+grpcurl_path() { echo "$(go env GOPATH 2>/dev/null)/bin/grpcurl"; }
+grpcurl_ok() { command -v go >/dev/null && "$(grpcurl_path)" -help >/dev/null 2>&1; }
 
 # name | check | Debian package (JRE resolved later by what apt offers)
 CHECKS=(
@@ -45,6 +55,11 @@ CHECKS=(
   "Maven (fetches Kafka's jars)|command -v mvn|maven"
   "prometheus (dashboard check)|command -v prometheus|prometheus"
   "promtool (dashboard check)|command -v promtool|prometheus"
+  "Node.js 20+ (TypeScript client and browser tests)|node_ok|nodejs"
+  "npm (TypeScript client and browser tests)|command -v npm|npm"
+  "Chromium (browser tests)|chromium_ok|chromium"
+  "Go (builds grpcurl)|command -v go|golang-go"
+  "grpcurl $GRPCURL_VERSION (gRPC reflection test)|grpcurl_ok|@grpcurl"
 )
 
 missing() {
@@ -69,19 +84,31 @@ pick_jre() {
 install_missing() {
   local todo; todo=$(missing)
   [[ -z "$todo" ]] && return 0
+  if [[ -z "$(grep -v '|@grpcurl$' <<<"$todo")" ]]; then
+    say "building grpcurl $GRPCURL_VERSION with go install"
+    go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+    return 0
+  fi
   command -v apt-get >/dev/null || { say "apt-get not found: install these by hand:"; echo "$todo" | cut -d'|' -f1 >&2; exit 1; }
   say "updating the package index"
   $SUDO apt-get update -qq
   local pkgs=() pkg
   while IFS='|' read -r _ _ pkg; do
+    [[ "$pkg" == "@grpcurl" ]] && continue
     if [[ "$pkg" == "@jre" ]]; then
       pkg=$(pick_jre) || { say "no OpenJDK 17+ runtime package is offered by apt"; exit 1; }
     fi
     [[ " ${pkgs[*]} " == *" $pkg "* ]] || pkgs+=("$pkg")
   done <<<"$todo"
-  say "installing ${pkgs[*]}"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
-  hash -r
+  if ((${#pkgs[@]})); then
+    say "installing ${pkgs[*]}"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+    hash -r
+  fi
+  if ! grpcurl_ok && command -v go >/dev/null; then
+    say "building grpcurl $GRPCURL_VERSION with go install"
+    go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+  fi
 }
 
 verify() {
@@ -91,11 +118,12 @@ verify() {
   if [[ -n "$todo" ]]; then
     say "MISSING prerequisites:"
     while IFS='|' read -r name check pkg; do
-      say "  - $name: check \`$check\` failed (provided by: ${pkg/@jre/an OpenJDK 17+ JRE})"
+      pkg=${pkg/@jre/an OpenJDK 17+ JRE}
+    say "  - $name: check \`$check\` failed (provided by: ${pkg/@grpcurl/go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION})"
     done <<<"$todo"
     exit 1
   fi
-  say "ok: libclang at $(libclang_path), java $(java_major), $(cargo --version)"
+  say "ok: libclang at $(libclang_path), java $(java_major), node $(node --version), $(/usr/bin/chromium --version 2>/dev/null), grpcurl at $(grpcurl_path), $(cargo --version)"
 }
 
 case "$MODE" in

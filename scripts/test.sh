@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one test command: installs prerequisites, starts a local Kafka broker (or uses a reachable
-# one), runs every unit and integration test against it, then the benchmark harness in its
-# seconds-long smoke mode, the live dashboard check (Prometheus + promtool) and the offline
-# docker/dashboard checks.
+# one), runs every unit and integration test against it (gRPC through tonic and grpcurl included),
+# then the TypeScript client's tests and the browser tests (Debian's Chromium driven by
+# playwright-core) against a live Sluice, the benchmark harness in its seconds-long smoke mode,
+# the live dashboard check (Prometheus + promtool) and the offline docker/dashboard checks.
 #   scripts/test.sh                  # everything
 #   scripts/test.sh --test pipeline  # only `cargo test` with these arguments
 set -euo pipefail
@@ -17,9 +18,17 @@ if (($#)); then
   exec cargo test --locked "$@"
 fi
 cargo test --locked
+# The client suites run against the binary cargo test just built, started by with-sluice.sh.
+echo "== TypeScript client (tsc --noEmit, node --test) against a live Sluice"
+(cd clients/typescript && npm ci --no-audit --no-fund)
+scripts/with-sluice.sh npm --prefix clients/typescript test
+echo "== browser tests (Chromium + playwright-core) against a live Sluice"
+(cd tests/browser && npm ci --no-audit --no-fund)
+scripts/with-sluice.sh npm --prefix tests/browser test
 echo "== benchmark harness smoke runs (no speed assertions)"
 cargo test --locked --bench e2e -- --quick
 cargo test --locked --bench sources -- --quick
+cargo test --locked --bench surfaces -- --quick
 echo "== live dashboard check"
 scripts/check-dashboards.sh
 echo "== docker and dashboard structure"

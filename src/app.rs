@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::edge::grpc::GrpcServer;
 use crate::edge::{self, EdgeState};
 use crate::handlers::http::HttpSource;
 use crate::handlers::kafka::{KafkaSource, Tails};
@@ -35,6 +36,8 @@ use crate::stream::subscription::Subscriptions;
 pub struct App {
     listener: TcpListener,
     addr: SocketAddr,
+    grpc: GrpcServer,
+    grpc_addr: SocketAddr,
     settings: Settings,
     journal: Arc<Journal>,
     store: Store,
@@ -139,6 +142,7 @@ impl App {
             metrics,
             intake: settings.intake.clone(),
             edge: settings.edge.clone(),
+            grpc: settings.grpc.clone(),
             intake_assigned: intake.assigned_flag(),
             budget,
         });
@@ -146,9 +150,15 @@ impl App {
             .await
             .with_context(|| format!("bind http.listen {}", settings.http.listen))?;
         let addr = listener.local_addr()?;
+        let grpc = GrpcServer::bind(settings.grpc.listen, edge.clone())
+            .await
+            .with_context(|| format!("bind grpc.listen {}", settings.grpc.listen))?;
+        let grpc_addr = grpc.local_addr()?;
         Ok(App {
             listener,
             addr,
+            grpc,
+            grpc_addr,
             settings,
             journal,
             store,
@@ -169,10 +179,15 @@ impl App {
         self.addr
     }
 
+    /// The address the gRPC listener is bound to.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
     /// Runs until `shutdown` completes, then shuts down in order.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let grace = self.settings.shutdown.grace_period;
-        tracing::info!(addr = %self.addr, "sluice is running");
+        tracing::info!(addr = %self.addr, grpc = %self.grpc_addr, "sluice is running");
         let tasks = TaskTracker::new();
         // Interrupted streams resume in the background: the edge and /healthz never wait for them.
         let pool = self.pool.clone();
@@ -189,6 +204,7 @@ impl App {
         let server = axum::serve(self.listener, edge::router(self.edge.clone()))
             .with_graceful_shutdown(edge_stop.clone().cancelled_owned());
         let server = tasks.spawn(async move { server.await });
+        let grpc = tasks.spawn(self.grpc.serve(edge_stop.clone()));
         tasks.close();
 
         shutdown.await;
@@ -198,6 +214,11 @@ impl App {
         self.subscriptions.close();
         step("edge", grace, async {
             let _ = server.await;
+            match grpc.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+                Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+                Ok(Ok(())) => {}
+            }
             self.subscriptions.wait().await;
         })
         .await;

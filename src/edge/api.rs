@@ -1,8 +1,10 @@
-//! The stream API: request (`POST /v1/streams`), status (`GET /v1/streams/{id}`) and cancel
-//! (`DELETE /v1/streams/{id}`).
+//! The stream API: request (`POST /v1/streams`), list (`GET /v1/streams`), status
+//! (`GET /v1/streams/{id}`) and cancel (`DELETE /v1/streams/{id}`).
 
 use axum::body::{to_bytes, Body};
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -10,7 +12,13 @@ use serde_json::json;
 
 use super::{parse_id, ApiError, Shared};
 use crate::event::StreamId;
+use crate::store::{Cursor, ListQuery, StreamRecord, StreamState};
 use crate::stream::hub::CancelOutcome;
+
+/// Streams in one list page unless `limit` says otherwise.
+pub const DEFAULT_LIMIT: usize = 50;
+/// Most streams in one list page.
+pub const MAX_LIMIT: usize = 500;
 
 fn links(id: &StreamId) -> serde_json::Value {
     json!({
@@ -42,15 +50,34 @@ pub async fn status(
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
-    let Some(record) = state.store.get(id.as_str()).await? else {
-        if state.store.is_gone(id.as_str()).await? {
-            return Err(ApiError::Gone(format!(
-                "stream {id} ended and its retention expired"
-            )));
-        }
-        return Err(ApiError::NotFound(format!("stream {id} not found")));
-    };
-    let live = state.hub.get(id.as_str());
+    let record = lookup(&state, &id).await?;
+    Ok(Json(summary(&state, &record, true)).into_response())
+}
+
+/// A stream's record: 404 if unknown, 410 if retention deleted it.
+pub async fn lookup(state: &Shared, id: &StreamId) -> Result<StreamRecord, ApiError> {
+    match state.store.get(id.as_str()).await? {
+        Some(record) => Ok(record),
+        None if state.store.is_gone(id.as_str()).await? => Err(ApiError::Gone(format!(
+            "stream {id} ended and its retention expired"
+        ))),
+        None => Err(ApiError::NotFound(format!("stream {id} not found"))),
+    }
+}
+
+/// Progress of a stream: from the record, overtaken by the live stream if it runs here.
+pub struct Progress {
+    /// Chunks stored so far.
+    pub chunks: u64,
+    /// The newest stored event's id.
+    pub last_event_id: Option<i64>,
+    /// Whether the stream runs on this process.
+    pub running_here: bool,
+}
+
+/// The progress of a recorded stream.
+pub fn progress(state: &Shared, record: &StreamRecord) -> Progress {
+    let live = state.hub.get(&record.stream_id);
     let chunks = match &live {
         Some(l) => record.cursor_seq.max(l.chunks()),
         None => record
@@ -62,21 +89,116 @@ pub async fn status(
         .map(|l| l.last_offset())
         .filter(|o| *o >= 0)
         .or(record.last_offset);
-    let body = json!({
+    Progress {
+        chunks,
+        last_event_id,
+        running_here: live.is_some(),
+    }
+}
+
+/// A stream's public view. `full` adds the fields only the single-stream status carries.
+pub fn summary(state: &Shared, record: &StreamRecord, full: bool) -> serde_json::Value {
+    let p = progress(state, record);
+    let mut body = json!({
         "stream_id": record.stream_id,
         "type": record.request.event_type.to_string(),
         "state": record.state,
-        "chunks": chunks,
-        "last_event_id": last_event_id,
-        "attempts": record.attempts,
-        "cursor": record.cursor,
-        "running_here": live.is_some(),
+        "chunks": p.chunks,
+        "last_event_id": p.last_event_id,
+        "running_here": p.running_here,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "finished_at": record.finished_at,
-        "links": links(&id),
+    });
+    if full {
+        if let (Some(map), Ok(id)) = (body.as_object_mut(), StreamId::parse(&record.stream_id)) {
+            map.insert("attempts".into(), json!(record.attempts));
+            map.insert("cursor".into(), json!(record.cursor));
+            map.insert("links".into(), links(&id));
+        }
+    }
+    body
+}
+
+/// `GET /v1/streams?state=&type=&created_after=&limit=&cursor=`: streams newest first, one page.
+pub async fn list(
+    State(state): State<Shared>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let query = list_query(&params)?;
+    let page = state.store.list(query).await?;
+    let streams: Vec<_> = page
+        .records
+        .iter()
+        .map(|r| summary(&state, r, false))
+        .collect();
+    let body = json!({
+        "streams": streams,
+        "next_cursor": page.next_cursor.as_ref().map(Cursor::as_str),
     });
     Ok(Json(body).into_response())
+}
+
+fn bad(code: &'static str, message: String) -> ApiError {
+    ApiError::BadRequest { code, message }
+}
+
+/// Validates the list parameters; every refusal names the parameter.
+fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiError> {
+    let mut q = ListQuery {
+        limit: DEFAULT_LIMIT,
+        ..ListQuery::default()
+    };
+    for (k, v) in params {
+        let shown: String = v.chars().take(60).collect();
+        match k.as_str() {
+            "state" => {
+                q.state = Some(
+                    serde_json::from_value::<StreamState>(json!(v)).map_err(|_| {
+                        bad("invalid_state", format!("state {shown:?} is not one of pending, running, success, failed, timeout, cancelled"))
+                    })?,
+                )
+            }
+            "type" => {
+                if v.is_empty() || v.len() > 200 {
+                    return Err(bad("invalid_type", "type must be 1 to 200 characters".into()));
+                }
+                q.type_prefix = Some(v.clone());
+            }
+            "created_after" => {
+                q.created_after = Some(
+                    chrono::DateTime::parse_from_rfc3339(v)
+                        .map_err(|_| {
+                            bad("invalid_created_after", format!("created_after {shown:?} is not an RFC 3339 time"))
+                        })?
+                        .to_utc(),
+                )
+            }
+            "limit" => {
+                q.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        bad("invalid_limit", format!("limit {shown:?} must be an integer from 1 to {MAX_LIMIT}"))
+                    })?
+            }
+            "cursor" => {
+                q.cursor = Some(Cursor::parse(v).ok_or_else(|| {
+                    bad("invalid_cursor", "cursor is not one this server issued".into())
+                })?)
+            }
+            "access_token" => {}
+            other => {
+                let other: String = other.chars().take(40).collect();
+                return Err(bad(
+                    "invalid_query",
+                    format!("unknown parameter {other:?}; use state, type, created_after, limit, cursor"),
+                ));
+            }
+        }
+    }
+    Ok(q)
 }
 
 /// `DELETE /v1/streams/{id}`: asks a running stream to cancel; it ends with a `cancelled` event.

@@ -5,7 +5,9 @@
 //! through subscriptions.
 
 mod api;
+mod console;
 mod error;
+pub mod grpc;
 mod sse;
 mod ws;
 
@@ -27,7 +29,7 @@ use crate::event::{Request as StreamRequest, StreamId};
 use crate::handlers::Registry;
 use crate::kafka::producer::Journal;
 use crate::metrics::Metrics;
-use crate::settings::{EdgeSettings, IntakeSettings};
+use crate::settings::{EdgeSettings, GrpcSettings, IntakeSettings};
 use crate::store::Store;
 use crate::stream::hub::Hub;
 use crate::stream::subscription::Subscriptions;
@@ -50,11 +52,16 @@ pub struct EdgeState {
     pub intake: IntakeSettings,
     /// `[edge]` settings.
     pub edge: EdgeSettings,
+    /// `[grpc]` settings.
+    pub grpc: GrpcSettings,
     /// Whether intake holds a partition assignment.
     pub intake_assigned: Arc<AtomicBool>,
     /// The cap on live stream topics.
     pub budget: Arc<crate::retention::TopicBudget>,
 }
+
+/// The event name of the history-lost notice (SSE `event:`, gRPC and WebSocket `type`).
+pub const HISTORY_LOST: &str = "sluice:history_lost";
 
 /// Shared handle to the edge state.
 pub type Shared = Arc<EdgeState>;
@@ -62,7 +69,7 @@ pub type Shared = Arc<EdgeState>;
 /// The full router.
 pub fn router(state: Shared) -> Router {
     let api = Router::new()
-        .route("/v1/streams", axum::routing::post(api::create))
+        .route("/v1/streams", get(api::list).post(api::create))
         .route("/v1/streams/{id}", get(api::status).delete(api::cancel))
         .route("/v1/streams/{id}/events", get(sse::events))
         .route("/ws", get(ws::upgrade))
@@ -72,6 +79,7 @@ pub fn router(state: Shared) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .merge(api)
+        .merge(console::routes())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_rejections,
@@ -191,6 +199,21 @@ impl EdgeState {
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         Ok((id, false))
     }
+}
+
+/// Whether the stream has ended and its terminal event is at or before `after`: the client has
+/// seen everything there will ever be.
+async fn finished_at_or_before(
+    state: &Shared,
+    id: &crate::event::StreamId,
+    after: i64,
+) -> Result<bool, ApiError> {
+    let record = match state.store.get(id.as_str()).await {
+        Ok(r) => r,
+        Err(crate::store::Error::Corrupt { .. }) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(record.is_some_and(|r| r.state.is_terminal() && r.last_offset.is_some_and(|t| after >= t)))
 }
 
 /// Parses a stream id from a path segment.

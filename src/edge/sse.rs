@@ -1,24 +1,23 @@
 //! Server-Sent Events: `GET /v1/streams/{id}/events`, replay after `Last-Event-ID` (or
 //! `?last_event_id=`), then the live tail. Each stored event is sent with `id: <offset>`,
-//! `event: <type>` and the envelope as `data:`; heartbeats carry no id. The response ends after
-//! the terminal event.
+//! `event: <type>` and the envelope as `data:`; heartbeats carry no id. The response opens with
+//! `retry: <edge.sse_retry>` and ends after the terminal event. A reconnect whose resume point is
+//! at or past a finished stream's terminal event gets `204 No Content`, which is how a browser's
+//! `EventSource` learns to stop reconnecting.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::json;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{parse_event_id, parse_id, ApiError, Shared};
+use super::{finished_at_or_before, parse_event_id, parse_id, ApiError, Shared, HISTORY_LOST};
 use crate::stream::subscription::Delivery;
-
-/// The SSE event name of the history-lost notice.
-pub const HISTORY_LOST: &str = "sluice:history_lost";
 
 fn frame(d: Delivery) -> Event {
     match d {
@@ -51,17 +50,27 @@ pub async fn events(
         .map(|v| v.to_str().unwrap_or("?").to_owned())
         .or_else(|| query.get("last_event_id").cloned());
     let after = resume.as_deref().map(parse_event_id).transpose()?;
+    if let Some(after) = after {
+        if finished_at_or_before(&state, &id, after).await? {
+            state.metrics.sse_ended_reconnect(id.as_str(), after);
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+    }
     let rx = state
         .subs
         .open(&id, after, state.edge.early_connect_wait)
         .await?;
     let guard = state.metrics.edge_connected("sse");
     let metrics = state.metrics.clone();
-    let stream = ReceiverStream::new(rx).map(move |d| {
+    let retry = Event::default().retry(state.edge.sse_retry);
+    let events = ReceiverStream::new(rx).map(move |d| {
         let _keep = &guard;
         metrics.edge_sent("sse", 1);
-        Ok::<_, Infallible>(frame(d))
+        frame(d)
     });
+    let stream = futures::stream::once(async move { retry })
+        .chain(events)
+        .map(Ok::<_, Infallible>);
     let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(state.edge.keepalive_interval));
     Ok(sse.into_response())
 }

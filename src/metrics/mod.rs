@@ -55,10 +55,18 @@ pub mod names {
     pub const SOURCE_TOPICS_WAITING: &str = "sluice_source_topics_waiting";
     /// HTTP upstream requests, by result.
     pub const UPSTREAM_REQUESTS: &str = "sluice_upstream_requests_total";
+    /// SSE reconnects answered 204 after the stream ended.
+    pub const SSE_ENDED_RECONNECTS: &str = "sluice_sse_ended_reconnects_total";
+    /// Open event-type subscriptions.
+    pub const TYPE_SUBSCRIBERS: &str = "sluice_type_subscribers";
+    /// Event-type subscriptions ended for lagging.
+    pub const TYPE_SUBSCRIBERS_LAGGED: &str = "sluice_type_subscribers_lagged_total";
 }
 
+mod clients;
 mod sources;
 
+pub use clients::TypeSubscriberGuard;
 pub use sources::{WaitingGuard, UPSTREAM_RESULTS};
 
 /// Every reason intake dead-letters a message for; each series exists from start-up.
@@ -95,6 +103,7 @@ pub struct Metrics {
     stream_topics: IntGauge,
     streams_swept: IntCounter,
     sources: sources::SourceMetrics,
+    clients: clients::ClientMetrics,
     /// `service:action` pairs that may appear as label values; everything else is `other`.
     kinds: HashMap<String, HashSet<String>>,
 }
@@ -214,6 +223,7 @@ impl Metrics {
                 "Finished streams whose topic and record retention deleted.",
             )?,
             sources: sources::SourceMetrics::new(&registry)?,
+            clients: clients::ClientMetrics::new(&registry)?,
             registry: registry.clone(),
             kinds: HashMap::new(),
         };
@@ -238,7 +248,7 @@ impl Metrics {
         for reason in INTAKE_REASONS {
             m.intake_rejected.with_label_values(&[reason]).inc_by(0);
         }
-        for t in ["sse", "ws"] {
+        for t in ["sse", "ws", "grpc"] {
             m.edge_connections.with_label_values(&[t]).set(0);
             m.edge_events_sent.with_label_values(&[t]).inc_by(0);
         }

@@ -49,6 +49,8 @@ pub enum Error {
 pub struct Settings {
     /// The HTTP listener.
     pub http: HttpSettings,
+    /// The gRPC listener.
+    pub grpc: GrpcSettings,
     /// Kafka connection, topics and clients.
     pub kafka: KafkaSettings,
     /// Request intake.
@@ -129,6 +131,25 @@ impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// `[grpc]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcSettings {
+    /// Address of the gRPC listener (`sluice.v1.Streams`, health, reflection); port 0 picks one.
+    pub listen: SocketAddr,
+    /// Most `event_types` one `SubscribeEvents` call may name.
+    pub max_event_types: usize,
+}
+
+impl Default for GrpcSettings {
+    fn default() -> Self {
+        GrpcSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            max_event_types: 64,
         }
     }
 }
@@ -268,8 +289,11 @@ pub struct EdgeSettings {
     pub remote_poll_interval: Duration,
     /// Most streams one WebSocket may follow at once.
     pub max_streams_per_socket: usize,
-    /// Bearer tokens accepted on `/v1` and `/ws`; empty means no authentication.
+    /// Bearer tokens accepted on `/v1`, `/ws` and gRPC; empty means no authentication.
     pub api_tokens: Vec<String>,
+    /// The reconnect delay SSE clients are told (`retry:`).
+    #[serde(with = "humantime_serde")]
+    pub sse_retry: Duration,
 }
 
 impl Default for EdgeSettings {
@@ -281,6 +305,7 @@ impl Default for EdgeSettings {
             remote_poll_interval: Duration::from_millis(500),
             max_streams_per_socket: 64,
             api_tokens: Vec::new(),
+            sse_retry: Duration::from_secs(2),
         }
     }
 }

@@ -44,6 +44,7 @@ impl Settings {
             ("intake.max_request_bytes", self.intake.max_request_bytes),
             ("kafka.replay_readers", k.replay_readers),
             ("edge.max_streams_per_socket", e.max_streams_per_socket),
+            ("grpc.max_event_types", self.grpc.max_event_types),
             ("retention.max_stream_topics", r.max_stream_topics),
             ("retention.delete_batch", r.delete_batch),
         ] {
@@ -54,6 +55,7 @@ impl Settings {
             ("provider.stream_timeout", p.stream_timeout),
             ("edge.keepalive_interval", e.keepalive_interval),
             ("edge.remote_poll_interval", e.remote_poll_interval),
+            ("edge.sse_retry", e.sse_retry),
             ("kafka.message_timeout", k.message_timeout),
             ("kafka.operation_timeout", k.operation_timeout),
             ("retention.sweep_interval", r.sweep_interval),

@@ -21,6 +21,22 @@ use tokio_util::sync::CancellationToken;
 /// Generous bound for anything a test waits on.
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// Polls `f` until it holds, failing the test after [`WAIT`].
+pub async fn wait_until<F, Fut>(mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The broker under test: `SLUICE_TEST_BROKERS`, else the local script's default.
 pub fn brokers() -> String {
     std::env::var("SLUICE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
@@ -97,6 +113,7 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
     let mut s = Settings::default();
     let tag = unique("t");
     s.http.listen = "127.0.0.1:0".parse().unwrap();
+    s.grpc.listen = "127.0.0.1:0".parse().unwrap();
     s.kafka.brokers = brokers();
     s.kafka.stream_topic_prefix = format!("sluice.test.{tag}.");
     s.intake.topic = format!("sluice.test.{tag}.requests");
@@ -113,6 +130,7 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
 /// A running Sluice.
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub grpc: SocketAddr,
     pub settings: Settings,
     pub http: reqwest::Client,
     stop: CancellationToken,
@@ -152,11 +170,13 @@ pub async fn start_exact(
         .await
         .expect("build app");
     let addr = app.http_addr();
+    let grpc = app.grpc_addr();
     let stop = CancellationToken::new();
     let s2 = stop.clone();
     let handle = tokio::spawn(async move { app.run(s2.cancelled_owned()).await });
     let t = TestApp {
         addr,
+        grpc,
         settings,
         http: reqwest::Client::new(),
         stop,

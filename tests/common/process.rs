@@ -26,6 +26,8 @@ pub fn write_config(dir: &Path, provider: &str, extra: &str) -> PathBuf {
         r#"
 [http]
 listen = "127.0.0.1:0"
+[grpc]
+listen = "127.0.0.1:0"
 [kafka]
 brokers = "{brokers}"
 stream_topic_prefix = "sluice.test.{tag}."

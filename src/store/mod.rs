@@ -17,6 +17,10 @@ use serde_json::Value;
 
 use crate::event::Request;
 
+mod index;
+
+pub use index::{Cursor, ListQuery, Page, MAX_SCAN};
+
 const STREAM_PREFIX: &str = "stream/";
 const GONE_PREFIX: &str = "gone/";
 
@@ -139,6 +143,16 @@ fn key(stream_id: &str) -> Vec<u8> {
     format!("{STREAM_PREFIX}{stream_id}").into_bytes()
 }
 
+/// Adds the deletion of a record's index entry to `batch` (nothing if the record is unreadable).
+fn unindex(db: &DB, stream_id: &str, batch: &mut rocksdb::WriteBatch) -> Result<(), Error> {
+    if let Some(bytes) = db.get_pinned(key(stream_id))? {
+        if let Ok(r) = decode(stream_id, &bytes) {
+            batch.delete(index::index_key(&r));
+        }
+    }
+    Ok(())
+}
+
 fn decode(stream_id: &str, bytes: &[u8]) -> Result<StreamRecord, Error> {
     serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
         stream_id: stream_id.to_owned(),
@@ -156,7 +170,13 @@ impl Store {
             path: path.display().to_string(),
             source,
         })?;
+        index::backfill(&db)?;
         Ok(Store { db: Arc::new(db) })
+    }
+
+    /// One page of streams, newest first (see [`ListQuery`]).
+    pub async fn list(&self, query: ListQuery) -> Result<Page, Error> {
+        self.blocking(move |db| index::list(db, &query)).await
     }
 
     async fn blocking<T: Send + 'static>(
@@ -187,9 +207,12 @@ impl Store {
                 stream_id: record.stream_id.clone(),
                 reason: e.to_string(),
             })?;
+            let mut batch = rocksdb::WriteBatch::default();
+            batch.put(key(&record.stream_id), bytes);
+            batch.put(index::index_key(&record), b"");
             let mut wo = WriteOptions::default();
             wo.set_sync(durability == Durability::Sync);
-            db.put_opt(key(&record.stream_id), bytes, &wo)?;
+            db.write_opt(batch, &wo)?;
             Ok(())
         })
         .await
@@ -199,9 +222,12 @@ impl Store {
     pub async fn delete(&self, stream_id: &str) -> Result<(), Error> {
         let id = stream_id.to_owned();
         self.blocking(move |db| {
+            let mut batch = rocksdb::WriteBatch::default();
+            unindex(db, &id, &mut batch)?;
+            batch.delete(key(&id));
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
-            db.delete_opt(key(&id), &wo)?;
+            db.write_opt(batch, &wo)?;
             Ok(())
         })
         .await
@@ -231,6 +257,7 @@ impl Store {
             let now = Utc::now().to_rfc3339();
             let mut batch = rocksdb::WriteBatch::default();
             for id in &stream_ids {
+                unindex(db, id, &mut batch)?;
                 batch.delete(key(id));
                 batch.put(format!("{GONE_PREFIX}{id}"), now.as_bytes());
             }

@@ -1,0 +1,167 @@
+//! The gRPC edge (tonic) on `grpc.listen`: the `sluice.v1.Streams` service, `grpc.health.v1` and
+//! server reflection, so `grpcurl` works with no proto file.
+//!
+//! It shares the HTTP edge's state and rules: the same bearer tokens (`authorization` metadata),
+//! the same validation, and the same error codes, carried as a `google.rpc.ErrorInfo` (domain
+//! `sluice`, reason = the HTTP API's code, metadata `http_status`) in each refusal's details.
+
+mod convert;
+mod service;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::{constant_time_eq, ApiError, Shared};
+
+/// The generated `sluice.v1` messages, service and client.
+pub mod proto {
+    tonic::include_proto!("sluice.v1");
+
+    /// The encoded descriptors of `sluice.v1`, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sluice_descriptor");
+}
+
+pub use service::StreamsService;
+
+/// The `ErrorInfo` domain of Sluice's refusals.
+pub const ERROR_DOMAIN: &str = "sluice";
+
+/// The gRPC code of an API refusal.
+pub fn code_of(err: &ApiError) -> Code {
+    match err {
+        ApiError::BadRequest { .. } | ApiError::PayloadTooLarge(_) => Code::InvalidArgument,
+        ApiError::Unauthorized => Code::Unauthenticated,
+        ApiError::NotFound(_) | ApiError::Gone(_) => Code::NotFound,
+        ApiError::Conflict { .. } => Code::FailedPrecondition,
+        ApiError::Unprocessable { .. } => Code::Unimplemented,
+        ApiError::Unavailable(_) => Code::Unavailable,
+        ApiError::Capacity(_) => Code::ResourceExhausted,
+    }
+}
+
+/// A gRPC status with the HTTP API's code in its `ErrorInfo`.
+pub fn status_of(err: &ApiError) -> Status {
+    detailed(
+        code_of(err),
+        err.code(),
+        err.status().as_u16(),
+        err.to_string(),
+    )
+}
+
+fn detailed(code: Code, reason: &str, http_status: u16, message: String) -> Status {
+    let info = ErrorDetails::with_error_info(
+        reason,
+        ERROR_DOMAIN,
+        HashMap::from([("http_status".to_owned(), http_status.to_string())]),
+    );
+    Status::with_error_details(code, message, info)
+}
+
+/// Converts a refusal to a status, and logs and counts it like the HTTP edge does.
+pub(crate) fn refuse(state: &Shared, rpc: &str, err: ApiError) -> Status {
+    state
+        .metrics
+        .edge_rejected(err.code(), &format!("grpc {rpc}: {err}"));
+    status_of(&err)
+}
+
+/// Checks `authorization: Bearer <token>` against `edge.api_tokens` (none set: open).
+#[derive(Clone)]
+pub struct Auth {
+    state: Shared,
+}
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let tokens = &self.state.edge.api_tokens;
+        if tokens.is_empty() {
+            return Ok(req);
+        }
+        let presented = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match presented {
+            Some(t)
+                if tokens
+                    .iter()
+                    .any(|k| constant_time_eq(k.as_bytes(), t.as_bytes())) =>
+            {
+                Ok(req)
+            }
+            _ => Err(refuse(&self.state, "auth", ApiError::Unauthorized)),
+        }
+    }
+}
+
+/// A bound, not yet serving, gRPC listener.
+pub struct GrpcServer {
+    listener: TcpListener,
+    state: Shared,
+}
+
+impl GrpcServer {
+    /// Binds `addr` (port 0 picks a free port).
+    pub async fn bind(addr: SocketAddr, state: Shared) -> std::io::Result<GrpcServer> {
+        Ok(GrpcServer {
+            listener: TcpListener::bind(addr).await?,
+            state,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `stop` fires.
+    pub async fn serve(self, stop: CancellationToken) -> anyhow::Result<()> {
+        use proto::streams_server::StreamsServer;
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_serving::<StreamsServer<StreamsService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        // Bodies over the intake limit are refused by Sluice itself (too_large, like HTTP);
+        // tonic's own limit only stops absurd messages before they are buffered.
+        let limit = self
+            .state
+            .intake
+            .max_request_bytes
+            .saturating_mul(4)
+            .max(64 * 1024);
+        let streams = StreamsServer::new(StreamsService::new(self.state.clone()))
+            .max_decoding_message_size(limit);
+        let auth = Auth {
+            state: self.state.clone(),
+        };
+        let on_stop = {
+            let reporter = reporter.clone();
+            async move {
+                stop.cancelled().await;
+                reporter
+                    .set_not_serving::<StreamsServer<StreamsService>>()
+                    .await;
+            }
+        };
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(InterceptedService::new(streams, auth))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), on_stop)
+            .await?;
+        Ok(())
+    }
+}
