@@ -1,5 +1,6 @@
 //! The live hub: in-memory fan-out of a running stream's events to its local subscribers, the
-//! registry of streams running on this process, and their cancel switches.
+//! registry of streams running on this process, their cancel switches, and the feed of every
+//! stream's live events (and each new stream's `requested` event) for subscribers by event type.
 //!
 //! Only acknowledged events enter the hub, each with its Kafka offset, so live delivery never shows
 //! a client something Kafka does not hold. Heartbeats pass through the hub only. The hub does not
@@ -17,6 +18,27 @@ use crate::event::{Envelope, EventType, State};
 
 /// Capacity of each stream's broadcast ring; slower subscribers lag and re-read from Kafka.
 pub const LIVE_CAPACITY: usize = 256;
+/// Capacity of the all-streams feed; a subscriber further behind is told it lagged.
+pub const FEED_CAPACITY: usize = 4096;
+
+/// One item of the all-streams feed.
+#[derive(Debug, Clone)]
+pub enum FeedItem {
+    /// A stored event, with its offset.
+    Stored(Arc<StoredEvent>),
+    /// An event that is never stored in the stream topic: a heartbeat or a `requested` event.
+    Unstored(Arc<Envelope>),
+}
+
+impl FeedItem {
+    /// The event's envelope (`id` is set on stored events).
+    pub fn envelope(&self) -> &Envelope {
+        match self {
+            FeedItem::Stored(e) => &e.envelope,
+            FeedItem::Unstored(h) => h,
+        }
+    }
+}
 
 /// An event as stored in its stream topic, with its offset and its JSON ready to send.
 #[derive(Debug, Clone)]
@@ -58,6 +80,7 @@ pub enum Live {
 /// A stream running on this process.
 pub struct LiveStream {
     tx: broadcast::Sender<Live>,
+    feed: broadcast::Sender<FeedItem>,
     cancel: CancellationToken,
     chunks: AtomicU64,
     last_offset: AtomicI64,
@@ -88,6 +111,12 @@ impl LiveStream {
                 self.finished.store(true, Ordering::Release);
             }
         }
+        if self.feed.receiver_count() > 0 {
+            let _ = self.feed.send(match &live {
+                Live::Event(e) => FeedItem::Stored(e.clone()),
+                Live::Heartbeat(h) => FeedItem::Unstored(h.clone()),
+            });
+        }
         let _ = self.tx.send(live);
     }
 
@@ -113,21 +142,57 @@ impl LiveStream {
 }
 
 /// Handle to the hub; cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Hub {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
     streams: Mutex<HashMap<String, Arc<LiveStream>>>,
     registered: Notify,
+    feed: broadcast::Sender<FeedItem>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new()
+    }
 }
 
 impl Hub {
     /// An empty hub.
     pub fn new() -> Self {
-        Hub::default()
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        Hub {
+            inner: Arc::new(Inner {
+                streams: Mutex::new(HashMap::new()),
+                registered: Notify::new(),
+                feed,
+            }),
+        }
+    }
+
+    /// Follows the live events of every stream running here, from now on.
+    pub fn feed(&self) -> broadcast::Receiver<FeedItem> {
+        self.inner.feed.subscribe()
+    }
+
+    /// Tells feed subscribers that a stream was requested (the `requested` event is never stored
+    /// in the stream topic, so it has no id).
+    pub fn announce(&self, stream_id: &str, request: &crate::event::Request) {
+        if self.inner.feed.receiver_count() == 0 {
+            return;
+        }
+        let envelope = Envelope {
+            event_type: request.event_type.to_string(),
+            id: None,
+            stream_id: Some(stream_id.to_owned()),
+            seq: None,
+            payload: request.payload.clone(),
+            metadata: request.metadata.clone(),
+            time: Some(chrono::Utc::now()),
+        };
+        let _ = self.inner.feed.send(FeedItem::Unstored(Arc::new(envelope)));
     }
 
     fn streams(&self) -> MutexGuard<'_, HashMap<String, Arc<LiveStream>>> {
@@ -146,6 +211,7 @@ impl Hub {
         let (tx, _) = broadcast::channel(LIVE_CAPACITY);
         let live = Arc::new(LiveStream {
             tx,
+            feed: self.inner.feed.clone(),
             cancel: CancellationToken::new(),
             chunks: AtomicU64::new(0),
             last_offset: AtomicI64::new(-1),

@@ -95,6 +95,7 @@ impl Pool {
             return Err(e);
         }
         p.metrics.stream_topics_in_use(self.budget.used());
+        p.hub.announce(stream_id.as_str(), &record.request);
         self.launch(permit, record, live, Launch::New);
         Ok(Admission::Started)
     }
