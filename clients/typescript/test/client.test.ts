@@ -101,7 +101,7 @@ describe("subscribe (scripted server)", () => {
           frame(2, 2, "success", { chunks: 1, duration_ms: 3 }),
           frame(3, 3, "stream", { n: 99, at: 0 }), // after the terminal event: never yielded
         ],
-        then: "hang",
+        then: "end",
       },
     ]);
     const events = await drain(client(fetch).subscribe<{ n: number; at: number }>("s1"));
