@@ -285,7 +285,6 @@ export class SluiceClient {
   ): AsyncGenerator<StreamEvent<T>, Outcome, undefined> {
     const headers = await this.#requestHeaders();
     headers["Accept"] = "text/event-stream";
-    headers["Cache-Control"] = "no-cache";
     if (state.lastId !== undefined) headers["Last-Event-ID"] = state.lastId.toString();
     let idleTimer: ReturnType<typeof setTimeout> | undefined;
     const arm = (): void => {

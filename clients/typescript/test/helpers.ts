@@ -148,3 +148,12 @@ export function headerOf(head: string, name: string): string | undefined {
 export function testStreamId(name: string): string {
   return `ts-${name}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
 }
+
+/** The URL of a local port nothing listens on (one just bound and released). */
+export async function closedPortUrl(): Promise<string> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return `http://127.0.0.1:${port}`;
+}

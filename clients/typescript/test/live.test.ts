@@ -20,6 +20,7 @@ import {
   collect,
   headerOf,
   liveClient,
+  closedPortUrl,
   liveServer,
   startProxy,
   stored,
@@ -241,7 +242,7 @@ describe("live Sluice", { timeout: 120_000 }, () => {
     });
 
     test("nothing listening: ConnectionError with status 0", async () => {
-      const dead = new SluiceClient({ baseUrl: "http://127.0.0.1:9", maxReconnects: 1, reconnectDelayMs: 10 });
+      const dead = new SluiceClient({ baseUrl: await closedPortUrl(), maxReconnects: 1, reconnectDelayMs: 10 });
       await rejectsWith(dead.status("x"), ConnectionError, 0, "network_error");
       await rejectsWith(collect(dead.subscribe("x")), ConnectionError, 0, "network_error");
     });
