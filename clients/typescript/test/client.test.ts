@@ -201,6 +201,29 @@ describe("subscribe (scripted server)", () => {
     assert.equal(refused.calls.length, 3);
   });
 
+  test("history_lost is yielded as a typed notice, and replay goes on from the earliest id", async () => {
+    const { fetch, calls } = scriptedFetch([
+      {
+        sse: [
+          'event: sluice:history_lost\ndata: {"requested_id":3,"earliest_id":10}\n\n',
+          frame(10, 6, "stream", { n: 6, at: 1 }),
+          frame(11, 7, "timeout", { timeout_ms: 500, chunks: 6 }),
+        ],
+        then: "end",
+      },
+    ]);
+    const events = await drain(client(fetch).subscribe("s1", { lastEventId: 3 }));
+    assert.equal(calls[0]!.headers.get("last-event-id"), "3");
+    const [lost, chunk, end] = events;
+    assert.ok(lost?.kind === "history_lost");
+    assert.deepEqual(lost.payload, { requested_id: 3, earliest_id: 10 });
+    assert.equal(lost.type, "sluice:history_lost");
+    assert.equal(lost.id, undefined);
+    assert.deepEqual([chunk?.kind, chunk?.id], ["chunk", 10]);
+    assert.ok(end?.kind === "timeout");
+    assert.deepEqual(end.payload, { timeout_ms: 500, chunks: 6 });
+  });
+
   test("204 on a reconnect ends the iteration cleanly", async () => {
     const { fetch, calls } = scriptedFetch([
       { sse: [frame(0, 0, "started"), frame(1, 1, "stream")], then: "error" },

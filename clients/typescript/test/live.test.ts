@@ -248,6 +248,20 @@ describe("live Sluice", { timeout: 120_000 }, () => {
     });
   });
 
+  test("a failing handler: the subscription ends with a typed failed event", async () => {
+    const { streamId } = await client.request(DEMO, { count: 10, interval_ms: 10, fail_at: 4 });
+    const events = await collect(client.subscribe<DemoTick>(streamId));
+    const last = events.at(-1);
+    assert.ok(last?.kind === "failed", `last event is ${last?.kind}`);
+    assert.equal(last.payload.code, "demo_failure");
+    assert.equal(typeof last.payload.message, "string");
+    const chunks = stored(events).filter((e) => e.kind === "chunk").length;
+    assert.equal(last.payload.chunks, chunks);
+    assert.ok(chunks < 4);
+    assertComplete(events, chunks, "failed");
+    assert.equal((await client.status(streamId)).state, "failed");
+  });
+
   test("cancel a running stream: the subscription ends with a cancelled event", async () => {
     const { streamId } = await client.request(DEMO, { count: 1000, interval_ms: 50 });
     let cancelled = false;
