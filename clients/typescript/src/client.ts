@@ -210,10 +210,10 @@ export class SluiceClient {
    * Follows a stream's events: everything after `lastEventId` (or from the start), then live,
    * until the terminal event. A dropped connection is resumed from the last event received,
    * waiting the server's `retry:` delay (doubling while attempts make no progress), so every
-   * event is yielded exactly once and in order. Ends without error when the stream had already
-   * ended before `lastEventId`'s successor (204). Throws a {@link SluiceError} when the server
-   * refuses (4xx), or when `maxReconnects` reconnects in a row made no progress. Breaking out
-   * of the loop closes the connection.
+   * event is yielded exactly once and in order. Ends without error on `204 No Content`, Sluice's
+   * answer to a resume point at or past a finished stream's terminal event. Throws a
+   * {@link SluiceError} when the server refuses (4xx), or when `maxReconnects` reconnects in a
+   * row made no progress. Breaking out of the loop closes the connection.
    *
    * `T` is the chunk payload type, such as `DemoTick`.
    */
