@@ -170,10 +170,12 @@ test('invalid JSON is refused inline, server errors are shown, the list filters 
     return r.length === 1 && r[0].id === bad;
   }, { timeout: 10000, what: 'the newest stream alone on the first page' });
   await page.click('[data-testid="load-more"]');
+  let shown = [];
   await waitFor(async () => {
-    const r = await rows();
-    return r.length === 2 && r[0].id === bad && r[1].id === ok;
-  }, { timeout: 10000, what: 'both streams under their type prefix after load more' });
+    shown = await rows();
+    return shown.length === 2 && shown[0].id === bad && shown[1].id === ok;
+  }, { timeout: 10000, what: 'both streams under their type prefix after load more' })
+    .catch((e) => { throw new Error(`${e.message}; rows ${JSON.stringify(shown)}, want ${bad}, ${ok}`); });
   await page.$eval('[data-testid="streams-table"]', (e) => { delete e.dataset.pageSize; });
 
   await page.fill('[data-testid="filter-type"]', 'nosuch:');

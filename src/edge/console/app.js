@@ -381,11 +381,15 @@
     byId('filter-created').addEventListener('change', () => refreshList({ reset: true }));
     byId('filter-type').addEventListener('input', () => {
       clearTimeout(list.typeTimer);
-      list.typeTimer = setTimeout(() => refreshList({ reset: true }), 250);
+      list.typeTimer = setTimeout(() => {
+        list.typeTimer = 0;
+        refreshList({ reset: true });
+      }, 250);
     });
     byId('load-more').addEventListener('click', loadMore);
     setInterval(() => {
-      if (!byId('auto-refresh').checked || document.hidden || list.busy) return;
+      // Not while a typed filter waits to apply: it would list with the new filter ahead of it.
+      if (!byId('auto-refresh').checked || document.hidden || list.busy || list.typeTimer) return;
       if (byId('token-prompt').open) return;
       refreshList({});
     }, LIST_REFRESH_MS);
