@@ -451,19 +451,29 @@ async fn every_refusal_has_its_grpc_code_and_api_reason() {
 
     // A short stream: a resume point past its end, then 410-equivalent once retention deletes it.
     let done = c.request(demo(1, 1)).await.unwrap().into_inner().stream_id;
-    common::wait_until(|| async { app.status(&done).await["state"] == "success" }).await;
+    let state_of_stream = |c: &StreamsClient<_>, id: &str| {
+        let (mut c, id) = (c.clone(), id.to_owned());
+        async move {
+            c.status(StreamRef { stream_id: id })
+                .await
+                .map(|s| s.into_inner().state)
+                .unwrap_or_default()
+        }
+    };
+    common::wait_until(|| async { state_of_stream(&c, &done).await == "success" }).await;
     expect_refusal(
         c.subscribe_events(sub(&done, Some(-1), &[])).await,
         Code::InvalidArgument,
         "invalid_last_event_id",
         400,
     );
-    expect_refusal(
-        c.subscribe_events(sub(&done, Some(99), &[])).await,
-        Code::InvalidArgument,
-        "last_event_id_ahead",
-        400,
-    );
+    // Past the end of a finished stream: the call ends at once and cleanly, as SSE answers 204.
+    let mut past = c
+        .subscribe_events(sub(&done, Some(99), &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(next(&mut past).await.is_none());
     common::wait_until(|| async {
         c.clone()
             .status(StreamRef {
@@ -502,7 +512,14 @@ async fn every_refusal_has_its_grpc_code_and_api_reason() {
         .unwrap()
         .into_inner()
         .stream_id;
-    common::wait_until(|| async { app.status(&b).await["state"] == "running" }).await;
+    common::wait_until(|| async { state_of_stream(&c, &b).await == "running" }).await;
+    // Ahead of a running stream's newest event: refused.
+    expect_refusal(
+        c.subscribe_events(sub(&b, Some(1_000_000), &[])).await,
+        Code::InvalidArgument,
+        "last_event_id_ahead",
+        400,
+    );
     expect_refusal(
         c.request(demo(1, 1)).await,
         Code::ResourceExhausted,
@@ -619,6 +636,23 @@ async fn grpcurl_works_through_reflection_with_no_proto_file() {
         "{events}"
     );
     assert_eq!(stored[1]["payload"]["n"], 1, "{events}");
+    // A refusal's details decode through reflection: the API's code, not raw bytes.
+    let refused = tokio::process::Command::new(grpcurl())
+        .args([
+            "-plaintext",
+            "-d",
+            r#"{"stream_id":"missing"}"#,
+            &addr,
+            "sluice.v1.Streams/Status",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    let text = String::from_utf8_lossy(&refused.stdout).into_owned()
+        + &String::from_utf8_lossy(&refused.stderr);
+    assert!(text.contains("Code: NotFound"), "{text}");
+    assert!(text.contains(r#""reason": "not_found""#), "{text}");
     let health = run_grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]).await;
     assert!(health.contains("SERVING"), "{health}");
     app.shutdown().await;

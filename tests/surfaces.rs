@@ -19,7 +19,7 @@ async fn get(app: &TestApp, path: &str, headers: &[(&str, String)]) -> reqwest::
 async fn finished(app: &TestApp, id: &str) {
     wait_until(|| async {
         let s = app.status(id).await;
-        s["state"] != "running" && s["state"] != "pending"
+        ["success", "failed", "timeout", "cancelled"].contains(&s["state"].as_str().unwrap_or(""))
     })
     .await;
 }

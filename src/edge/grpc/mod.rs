@@ -133,6 +133,8 @@ impl GrpcServer {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc.ErrorInfo, so grpcurl prints refusal details instead of raw bytes.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         // Bodies over the intake limit are refused by Sluice itself (too_large, like HTTP);
         // tonic's own limit only stops absurd messages before they are buffered.
@@ -163,5 +165,56 @@ impl GrpcServer {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), on_stop)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_api_refusal_maps_to_a_grpc_code_with_its_http_code_and_status_in_details() {
+        let conflict = || ApiError::Conflict {
+            code: "already_finished",
+            message: "m".into(),
+        };
+        let cases = [
+            (
+                ApiError::BadRequest {
+                    code: "invalid_type",
+                    message: "m".into(),
+                },
+                Code::InvalidArgument,
+                400,
+            ),
+            (
+                ApiError::PayloadTooLarge("m".into()),
+                Code::InvalidArgument,
+                413,
+            ),
+            (ApiError::Unauthorized, Code::Unauthenticated, 401),
+            (ApiError::NotFound("m".into()), Code::NotFound, 404),
+            (ApiError::Gone("m".into()), Code::NotFound, 410),
+            (conflict(), Code::FailedPrecondition, 409),
+            (
+                ApiError::Unprocessable {
+                    code: "unknown_handler",
+                    message: "m".into(),
+                },
+                Code::Unimplemented,
+                422,
+            ),
+            (ApiError::Unavailable("m".into()), Code::Unavailable, 503),
+            (ApiError::Capacity("m".into()), Code::ResourceExhausted, 503),
+        ];
+        for (err, code, http) in cases {
+            let status = status_of(&err);
+            assert_eq!(status.code(), code, "{err:?}");
+            let info = status.get_error_details().error_info().cloned().unwrap();
+            assert_eq!(info.reason, err.code());
+            assert_eq!(info.domain, ERROR_DOMAIN);
+            assert_eq!(info.metadata["http_status"], http.to_string());
+            assert_eq!(err.status().as_u16(), http);
+        }
     }
 }
