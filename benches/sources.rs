@@ -18,7 +18,7 @@ use hdrhistogram::Histogram;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message};
 use serde_json::{json, Value};
-use sluice::settings::{HttpSourceSettings, KafkaSourceSettings, SourceSettings, StartAt};
+use sluice::settings::{HttpSourceSettings, SourceSettings};
 
 use support::*;
 
@@ -59,21 +59,7 @@ async fn k0(keys: &[String], rate: u64, secs: u64) -> Histogram<u64> {
 async fn k1(keys: &[String], rate: u64, secs: u64) -> Histogram<u64> {
     let topic = format!("bench.src.{}.k1", tag());
     create_topic(&topic, 4).await;
-    let src = topic.clone();
-    let app = run_sluice(move |s| {
-        s.handlers.sources.insert(
-            "bench:stream_messages".into(),
-            SourceSettings::Kafka(KafkaSourceSettings {
-                topic: src,
-                key: Some("{conversation_id}".into()),
-                start: StartAt::Latest,
-                end_header: None,
-                idle_timeout: Duration::ZERO,
-                checkpoint_every: 100,
-            }),
-        );
-    })
-    .await;
+    let app = run_sluice(kafka_sourced(&topic)).await;
     let total = rate * secs;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<i64>();
     let mut ids = Vec::new();

@@ -21,7 +21,6 @@ use rdkafka::{ClientConfig, Message};
 use serde_json::{json, Value};
 use sluice::edge::grpc::proto::streams_client::StreamsClient;
 use sluice::edge::grpc::proto::SubscribeRequest;
-use sluice::settings::{KafkaSourceSettings, SourceSettings, StartAt};
 use tokio::sync::mpsc;
 
 use support::*;
@@ -48,21 +47,7 @@ async fn gather(mut rx: mpsc::UnboundedReceiver<i64>, total: u64, what: &str) ->
 async fn run_once(rate: u64, secs: u64) -> Run {
     let topic = format!("bench.src.{}.lat", tag());
     create_topic(&topic, 1).await;
-    let src = topic.clone();
-    let app = run_sluice(move |s| {
-        s.handlers.sources.insert(
-            "bench:stream_messages".into(),
-            SourceSettings::Kafka(KafkaSourceSettings {
-                topic: src,
-                key: Some("{conversation_id}".into()),
-                start: StartAt::Latest,
-                end_header: None,
-                idle_timeout: Duration::ZERO,
-                checkpoint_every: 100,
-            }),
-        );
-    })
-    .await;
+    let app = run_sluice(kafka_sourced(&topic)).await;
     let id = app
         .request(json!({"type": "bench:stream_messages:v1:requested",
                         "payload": {"conversation_id": "conv-0"}}))

@@ -83,6 +83,16 @@ async fn sse_sends_retry_and_answers_204_at_or_past_the_end() {
     .await;
     assert_eq!(resp.status(), 200);
     drop(resp);
+    // Ahead of a running stream's newest event: refused, not 204.
+    let ahead = get(
+        &app,
+        &format!("/v1/streams/{running}/events"),
+        &[("last-event-id", "999999".into())],
+    )
+    .await;
+    assert_eq!(ahead.status(), 400);
+    let body: Value = ahead.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "last_event_id_ahead");
     app.cancel(&running).await;
     assert!(app
         .metrics_text()
@@ -219,5 +229,47 @@ async fn the_console_is_served_with_a_strict_policy_and_its_api_calls_need_the_t
     )
     .await;
     assert_eq!(ok.status(), 200);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn cors_answers_preflights_only_for_configured_origins() {
+    let app = start(|s| s.edge.cors_allowed_origins = vec!["https://app.example.com".into()]).await;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, app.url("/v1/streams/x/events"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header(
+                "access-control-request-headers",
+                "authorization,last-event-id",
+            )
+            .send()
+    };
+    let ok = preflight("https://app.example.com").await.unwrap();
+    let h = ok.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    let allowed = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        allowed.contains("authorization") && allowed.contains("last-event-id"),
+        "{allowed}"
+    );
+    let other = preflight("https://evil.example.net").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    // A real request from the allowed origin carries the header too.
+    let get = app
+        .http
+        .get(app.url("/v1/streams"))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        get.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
     app.shutdown().await;
 }

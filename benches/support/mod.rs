@@ -12,6 +12,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
+use sluice::settings::{KafkaSourceSettings, SourceSettings, StartAt};
 use sluice::{App, Settings};
 use tokio_util::sync::CancellationToken;
 
@@ -210,4 +211,23 @@ pub fn lat(h: &Histogram<u64>) -> String {
         pct(h, 0.99),
         pct(h, 0.999)
     )
+}
+
+/// Settings for `bench:stream_messages`: a Kafka source on `topic`, keyed by `conversation_id`,
+/// from the latest record, checkpointing every 100 records.
+pub fn kafka_sourced(topic: &str) -> impl FnOnce(&mut Settings) {
+    let topic = topic.to_owned();
+    move |s| {
+        s.handlers.sources.insert(
+            "bench:stream_messages".into(),
+            SourceSettings::Kafka(KafkaSourceSettings {
+                topic,
+                key: Some("{conversation_id}".into()),
+                start: StartAt::Latest,
+                end_header: None,
+                idle_timeout: Duration::ZERO,
+                checkpoint_every: 100,
+            }),
+        );
+    }
 }

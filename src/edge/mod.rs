@@ -74,7 +74,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/streams/{id}/events", get(sse::events))
         .route("/ws", get(ws::upgrade))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new()
+    let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
@@ -83,8 +83,38 @@ pub fn router(state: Shared) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_rejections,
-        ))
-        .with_state(state)
+        ));
+    let router = match cors(&state.edge.cors_allowed_origins) {
+        Some(layer) => router.layer(layer),
+        None => router,
+    };
+    router.with_state(state)
+}
+
+/// CORS for browser pages on other origins (`edge.cors_allowed_origins`), so the TypeScript
+/// client can send `Authorization` and `Last-Event-ID` from them. None when the list is empty.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("last-event-id"),
+            ])
+            .max_age(Duration::from_secs(3600)),
+    )
 }
 
 async fn metrics(State(state): State<Shared>) -> Response {

@@ -291,6 +291,8 @@ pub struct EdgeSettings {
     pub max_streams_per_socket: usize,
     /// Bearer tokens accepted on `/v1`, `/ws` and gRPC; empty means no authentication.
     pub api_tokens: Vec<String>,
+    /// Origins whose browser pages may call the API (CORS); `"*"` allows any; empty: none.
+    pub cors_allowed_origins: Vec<String>,
     /// The reconnect delay SSE clients are told (`retry:`).
     #[serde(with = "humantime_serde")]
     pub sse_retry: Duration,
@@ -306,6 +308,7 @@ impl Default for EdgeSettings {
             max_streams_per_socket: 64,
             api_tokens: Vec::new(),
             sse_retry: Duration::from_secs(2),
+            cors_allowed_origins: Vec::new(),
         }
     }
 }

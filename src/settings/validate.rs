@@ -72,6 +72,23 @@ impl Settings {
                 ),
             ));
         }
+        for origin in &e.cors_allowed_origins {
+            // An origin is scheme://host[:port]: no path, no trailing slash.
+            let host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            let ok = origin == "*"
+                || host.is_some_and(|h| !h.is_empty() && !h.contains('/'))
+                    && axum::http::HeaderValue::from_str(origin).is_ok();
+            if !ok {
+                return Err(invalid(
+                    "edge.cors_allowed_origins",
+                    format!(
+                        "{origin:?} is not \"*\" or an origin such as \"https://app.example.com\""
+                    ),
+                ));
+            }
+        }
         if k.brokers.trim().is_empty() {
             return Err(invalid("kafka.brokers", "must name at least one broker"));
         }
@@ -120,7 +137,15 @@ mod tests {
     #[test]
     fn every_zero_that_would_panic_or_spin_is_refused_by_key() {
         type Set = fn(&mut Settings);
-        let cases: [(&str, Set); 12] = [
+        let cases: [(&str, Set); 16] = [
+            ("edge.sse_retry", |s| s.edge.sse_retry = Duration::ZERO),
+            ("grpc.max_event_types", |s| s.grpc.max_event_types = 0),
+            ("edge.cors_allowed_origins", |s| {
+                s.edge.cors_allowed_origins = vec!["https://app.example.com/path".into()]
+            }),
+            ("edge.cors_allowed_origins", |s| {
+                s.edge.cors_allowed_origins = vec!["app.example.com".into()]
+            }),
             ("retention.delete_batch", |s| s.retention.delete_batch = 0),
             ("retention.sweep_interval", |s| {
                 s.retention.sweep_interval = Duration::ZERO
@@ -158,5 +183,16 @@ mod tests {
             let err = s.validate().expect_err(key).to_string();
             assert!(err.contains(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn cors_origins_take_star_or_scheme_and_host() {
+        let mut s = Settings::default();
+        s.edge.cors_allowed_origins = vec![
+            "*".into(),
+            "https://app.example.com".into(),
+            "http://localhost:5173".into(),
+        ];
+        s.validate().unwrap();
     }
 }
