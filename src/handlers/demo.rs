@@ -3,6 +3,10 @@
 //! Request payload (all optional):
 //! `{"count": 10, "interval_ms": 100, "fail_at": null, "panic_at": null, "checkpoint_every": 1, "pad_bytes": 0}`.
 //! Each chunk is `{"n": <1-based>, "at": <unix microseconds>}` plus `"pad"` when `pad_bytes > 0`.
+//! With an interval, `at` is the tick's scheduled time, not the time the handler got to emit it,
+//! and late ticks are caught up at once: the ticks are an open-loop load, so a latency measured
+//! from `at` includes any time the stream spent behind schedule. `pad` is text of words (see
+//! [`pad_text`]), compressible like real messages rather than a run of one character.
 //! It resumes from a `{"n": <last>}` cursor.
 //!
 //! The payload is untrusted: `count`, `interval_ms` and `pad_bytes` are checked against limits
@@ -86,6 +90,58 @@ pub fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
+/// Words the padding is drawn from: common English, so it compresses like chat text.
+const WORDS: [&str; 32] = [
+    "the",
+    "stream",
+    "of",
+    "events",
+    "arrives",
+    "in",
+    "order",
+    "and",
+    "every",
+    "client",
+    "can",
+    "resume",
+    "from",
+    "where",
+    "it",
+    "left",
+    "off",
+    "after",
+    "a",
+    "restart",
+    "message",
+    "with",
+    "some",
+    "longer",
+    "words",
+    "like",
+    "conversation",
+    "delivery",
+    "offset",
+    "broker",
+    "topic",
+    "partition",
+];
+
+/// `len` bytes of words chosen by a small generator seeded with `n`: the same text for the same
+/// chunk number, different text for different chunks.
+pub fn pad_text(n: u64, len: usize) -> String {
+    let mut state = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = String::with_capacity(len + 16);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.push_str(WORDS[(state % WORDS.len() as u64) as usize]);
+        out.push(' ');
+    }
+    out.truncate(len);
+    out
+}
+
 #[async_trait]
 impl StreamHandler for Ticks {
     async fn run(&self, ctx: StreamContext) -> Result<(), HandlerError> {
@@ -97,13 +153,18 @@ impl StreamHandler for Ticks {
             .and_then(|c| c.get("n"))
             .and_then(Value::as_u64)
             .map_or(1, |n| n + 1);
-        let pad = "x".repeat(p.pad_bytes as usize);
-        let mut ticker = tokio::time::interval(Duration::from_millis(p.interval_ms.max(1)));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let interval = Duration::from_millis(p.interval_ms.max(1));
+        let mut ticker = tokio::time::interval(interval);
+        // Burst: a tick that fell behind fires at once, keeping its scheduled time.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let start_us = now_micros();
         for n in first..=p.count {
-            if p.interval_ms > 0 {
+            let at = if p.interval_ms > 0 {
                 ticker.tick().await;
-            }
+                start_us + ((n - first) * interval.as_micros() as u64) as i64
+            } else {
+                now_micros()
+            };
             if p.fail_at == Some(n) {
                 return Err(HandlerError::new(
                     "demo_failure",
@@ -113,9 +174,9 @@ impl StreamHandler for Ticks {
             if p.panic_at == Some(n) {
                 panic!("demo panic at chunk {n}");
             }
-            let mut chunk = json!({"n": n, "at": now_micros()});
-            if !pad.is_empty() {
-                chunk["pad"] = Value::from(pad.as_str());
+            let mut chunk = json!({"n": n, "at": at});
+            if p.pad_bytes > 0 {
+                chunk["pad"] = Value::from(pad_text(n, p.pad_bytes as usize));
             }
             ctx.emit(chunk).await?;
             if p.checkpoint_every > 0 && n % p.checkpoint_every == 0 {
@@ -202,6 +263,36 @@ mod tests {
         assert_eq!(chunk_ns(&out), vec![1]);
         let (res, _) = run(json!({"count": "ten"}), None).await;
         assert_eq!(res.unwrap_err().code, "invalid_payload");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ticks_carry_their_scheduled_time_and_word_padding() {
+        let (res, out) = run(
+            json!({"count": 4, "interval_ms": 250, "pad_bytes": 120}),
+            None,
+        )
+        .await;
+        res.unwrap();
+        let chunks: Vec<&Value> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Chunk(c) => Some(&c.payload),
+                Output::Checkpoint(_) => None,
+            })
+            .collect();
+        assert_eq!(chunks.len(), 4);
+        let at0 = chunks[0]["at"].as_i64().unwrap();
+        for (k, c) in chunks.iter().enumerate() {
+            // Open loop: each stamp is the schedule, whatever the wall clock did meanwhile.
+            assert_eq!(c["at"].as_i64().unwrap() - at0, k as i64 * 250_000);
+            let pad = c["pad"].as_str().unwrap();
+            assert_eq!(pad.len(), 120);
+            assert_eq!(pad, pad_text(k as u64 + 1, 120), "deterministic per chunk");
+        }
+        assert_ne!(chunks[0]["pad"], chunks[1]["pad"]);
+        let distinct: std::collections::HashSet<char> =
+            chunks[0]["pad"].as_str().unwrap().chars().collect();
+        assert!(distinct.len() > 8, "padding is text, not one repeated byte");
     }
 
     #[tokio::test]
