@@ -1,7 +1,9 @@
 //! The built-in `demo:stream_ticks` handler used by tests, examples and benchmarks.
 //!
 //! Request payload (all optional):
-//! `{"count": 10, "interval_ms": 100, "fail_at": null, "panic_at": null, "checkpoint_every": 1, "pad_bytes": 0}`.
+//! `{"count": 10, "interval_ms": 100, "fail_at": null, "panic_at": null, "checkpoint_every": 1, "pad_bytes": 0, "start_at_us": null}`.
+//! `start_at_us` (unix microseconds, at most an hour ahead) delays the first tick, so that many
+//! streams can begin their schedules together.
 //! Each chunk is `{"n": <1-based>, "at": <unix microseconds>}` plus `"pad"` when `pad_bytes > 0`.
 //! With an interval, `at` is the tick's scheduled time, not the time the handler got to emit it,
 //! and late ticks are caught up at once: the ticks are an open-loop load, so a latency measured
@@ -24,6 +26,8 @@ use crate::handlers::{HandlerError, StreamContext, StreamHandler};
 pub const MAX_COUNT: u64 = 10_000_000;
 /// Longest interval between demo chunks.
 pub const MAX_INTERVAL_MS: u64 = 3_600_000;
+/// Furthest ahead `start_at_us` may be.
+pub const MAX_START_DELAY_US: i64 = 3_600_000_000;
 
 /// The `demo:stream_ticks` handler.
 pub struct Ticks {
@@ -49,6 +53,7 @@ struct Params {
     panic_at: Option<u64>,
     checkpoint_every: u64,
     pad_bytes: u64,
+    start_at_us: Option<i64>,
 }
 
 impl Params {
@@ -68,6 +73,16 @@ impl Params {
         if self.pad_bytes > max_pad_bytes as u64 {
             return Err(over("pad_bytes", self.pad_bytes, max_pad_bytes as u64));
         }
+        if let Some(at) = self.start_at_us {
+            let ahead = at.saturating_sub(now_micros());
+            if ahead > MAX_START_DELAY_US {
+                return Err(over(
+                    "start_at_us ahead of now",
+                    ahead as u64,
+                    MAX_START_DELAY_US as u64,
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -81,6 +96,7 @@ impl Default for Params {
             panic_at: None,
             checkpoint_every: 1,
             pad_bytes: 0,
+            start_at_us: None,
         }
     }
 }
@@ -154,10 +170,19 @@ impl StreamHandler for Ticks {
             .and_then(Value::as_u64)
             .map_or(1, |n| n + 1);
         let interval = Duration::from_millis(p.interval_ms.max(1));
-        let mut ticker = tokio::time::interval(interval);
+        let delay = p
+            .start_at_us
+            .map_or(0, |at| at.saturating_sub(now_micros()).max(0) as u64);
+        let mut ticker = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_micros(delay),
+            interval,
+        );
         // Burst: a tick that fell behind fires at once, keeping its scheduled time.
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let start_us = now_micros();
+        let start_us = now_micros() + delay as i64;
+        if p.interval_ms == 0 && delay > 0 {
+            tokio::time::sleep(Duration::from_micros(delay)).await;
+        }
         for n in first..=p.count {
             let at = if p.interval_ms > 0 {
                 ticker.tick().await;
@@ -267,8 +292,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn ticks_carry_their_scheduled_time_and_word_padding() {
+        let start_at = now_micros() + 30_000_000;
         let (res, out) = run(
-            json!({"count": 4, "interval_ms": 250, "pad_bytes": 120}),
+            json!({"count": 4, "interval_ms": 250, "pad_bytes": 120, "start_at_us": start_at}),
             None,
         )
         .await;
@@ -282,6 +308,10 @@ mod tests {
             .collect();
         assert_eq!(chunks.len(), 4);
         let at0 = chunks[0]["at"].as_i64().unwrap();
+        assert!(
+            (at0 - start_at).abs() < 100_000,
+            "first tick at start_at_us"
+        );
         for (k, c) in chunks.iter().enumerate() {
             // Open loop: each stamp is the schedule, whatever the wall clock did meanwhile.
             assert_eq!(c["at"].as_i64().unwrap() - at0, k as i64 * 250_000);
@@ -302,6 +332,7 @@ mod tests {
             json!({"count": 1, "pad_bytes": 1001}),
             json!({"count": MAX_COUNT + 1}),
             json!({"count": 1, "interval_ms": MAX_INTERVAL_MS + 1}),
+            json!({"count": 1, "start_at_us": now_micros() + MAX_START_DELAY_US + 60_000_000}),
         ] {
             let (res, out) = run(payload.clone(), None).await;
             let err = res.expect_err("refused");
