@@ -202,7 +202,14 @@ pub async fn replay(s: &Server, n: u64) -> (f64, f64) {
     }
     assert_eq!(got, n, "replay delivered every chunk");
     let secs = t0.elapsed().as_secs_f64();
-    (first.expect("an event").as_secs_f64() * 1000.0, got as f64 / secs)
+    let _ = reqwest::Client::new()
+        .delete(format!("{}/v1/streams/{id}", s.base))
+        .send()
+        .await;
+    (
+        first.expect("an event").as_secs_f64() * 1000.0,
+        got as f64 / secs,
+    )
 }
 
 /// Resume: stop Sluice gracefully mid-stream, start it on the same store, and time from the new

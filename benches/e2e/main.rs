@@ -122,10 +122,16 @@ impl Bench {
             let b = raw::measure(1, false, total).await;
             let v = figures::throughput(&s, 1, single, 100).await;
             let i = self.figure(
-                Figure::new("single", "one stream, handler emit → SSE client", "chunks/s")
-                    .against(raw_name(1))
-                    .target(Target::RatioAtLeast(0.8))
-                    .params(format!("{single} chunks of 200 B padding, checkpoint every 100")),
+                Figure::new(
+                    "single",
+                    "one stream, handler emit → SSE client",
+                    "chunks/s",
+                )
+                .against(raw_name(1))
+                .target(Target::RatioAtLeast(0.8))
+                .params(format!(
+                    "{single} chunks of 200 B padding, checkpoint every 100"
+                )),
             );
             self.figures[i].value.push(v.rate());
             self.figures[i].baseline.push(b);
@@ -174,12 +180,21 @@ impl Bench {
         if self.wants("S6") {
             let n = sc.s6_events;
             let b = raw::replay(n).await;
-            let (first_ms, rate) = figures::replay(&s, n).await;
+            // Its own server: the stream must outlive the replay, so retention is long here.
+            let long =
+                BENCH_SETTINGS.replace("stream_retention = \"2s\"", "stream_retention = \"10m\"");
+            let s6 = Server::start(&long).await;
+            let (first_ms, rate) = figures::replay(&s6, n).await;
+            s6.stop().await;
             let i = self.figure(
-                Figure::new("S6", format!("replay of a {n}-event stream over SSE"), "events/s")
-                    .against("raw single-partition replay")
-                    .target(Target::RatioAtLeast(0.5))
-                    .params("fresh client from the start"),
+                Figure::new(
+                    "S6",
+                    format!("replay of a {n}-event stream over SSE"),
+                    "events/s",
+                )
+                .against("raw single-partition replay")
+                .target(Target::RatioAtLeast(0.5))
+                .params("fresh client from the start"),
             );
             self.figures[i].value.push(rate);
             self.figures[i].baseline.push(b);
@@ -193,9 +208,13 @@ impl Bench {
         if self.wants("S3") {
             let h = figures::start_latency(&s, sc.s3_samples).await;
             let i = self.figure(
-                Figure::new("S3", "stream start p99: request → `started` at a waiting client", "ms")
-                    .target(Target::AtMost(100.0))
-                    .params(format!("{} starts, topic creation included", sc.s3_samples)),
+                Figure::new(
+                    "S3",
+                    "stream start p99: request → `started` at a waiting client",
+                    "ms",
+                )
+                .target(Target::AtMost(100.0))
+                .params(format!("{} starts, topic creation included", sc.s3_samples)),
             );
             self.figures[i].value.push(ms(&h, 0.99));
             self.figures[i].p50_ms.push(ms(&h, 0.5));
@@ -214,9 +233,9 @@ impl Bench {
                     .params("graceful stop, same store"),
             );
             self.figures[i].value.push(restart_ms);
-            s2.stop().await;
+            s2.retire().await;
         } else {
-            s.stop().await;
+            s.retire().await;
         }
     }
 
@@ -238,18 +257,24 @@ impl Bench {
             layout.delete().await;
             let s = Server::start(BENCH_SETTINGS).await;
             let v = figures::open_loop(&s, n, rate, secs).await;
-            s.stop().await;
+            s.retire().await;
             let offered = (n as u64 * rate) as f64;
             let i = self.figure(
-                Figure::new(id, format!("{n} live stream(s) × {rate} chunks/s: p99 emit → SSE"), "ms")
-                    .against(format!("raw p99, {n} topic(s), same rate"))
-                    .target(if id == "S2" {
-                        Target::RatioAtMost(1.0)
-                    } else {
-                        Target::AtMost(100.0)
-                    })
-                    .rate(offered)
-                    .params(format!("open loop, {secs} s, stamped with the scheduled send time")),
+                Figure::new(
+                    id,
+                    format!("{n} live stream(s) × {rate} chunks/s: p99 emit → SSE"),
+                    "ms",
+                )
+                .against(format!("raw p99, {n} topic(s), same rate"))
+                .target(if id == "S2" {
+                    Target::RatioAtMost(1.0)
+                } else {
+                    Target::AtMost(100.0)
+                })
+                .rate(offered)
+                .params(format!(
+                    "open loop, {secs} s, stamped with the scheduled send time"
+                )),
             );
             let f = &mut self.figures[i];
             f.value.push(ms(&v.latency, 0.99));
@@ -258,11 +283,15 @@ impl Bench {
             f.p99_ms.push(ms(&v.latency, 0.99));
             if id == "S4" {
                 let j = self.figure(
-                    Figure::new("S4-rate", format!("{n} live streams × 10 chunks/s: delivered"), "chunks/s")
-                        .against(format!("raw, {n} topics, same rate"))
-                        .target(Target::RatioAtLeast(0.8))
-                        .rate(offered)
-                        .params(format!("{} of {} chunks delivered", v.chunks, v.expected)),
+                    Figure::new(
+                        "S4-rate",
+                        format!("{n} live streams × 10 chunks/s: delivered"),
+                        "chunks/s",
+                    )
+                    .against(format!("raw, {n} topics, same rate"))
+                    .target(Target::RatioAtLeast(0.8))
+                    .rate(offered)
+                    .params(format!("{} of {} chunks delivered", v.chunks, v.expected)),
                 );
                 self.figures[j].value.push(v.rate());
                 self.figures[j].baseline.push(b_rate);
@@ -287,9 +316,15 @@ impl Bench {
         } else {
             None
         };
-        let mut f = Figure::new("S5", format!("server RSS per live SSE subscriber, {n2} held"), "KiB")
-            .target(Target::AtMost(16.0))
-            .params(format!("RSS slope {n1} → {n2} subscribers, client in another process"));
+        let mut f = Figure::new(
+            "S5",
+            format!("server RSS per live SSE subscriber, {n2} held"),
+            "KiB",
+        )
+        .target(Target::AtMost(16.0))
+        .params(format!(
+            "RSS slope {n1} → {n2} subscribers, client in another process"
+        ));
         if peer.is_some() {
             f = f.against("Centrifugo v6.9.1 uni_sse, same method");
         }
@@ -312,7 +347,9 @@ impl Bench {
         let i = self.figure(
             Figure::new("S7", "RSS kept per finished stream", "KiB")
                 .target(Target::AtMost(1.0))
-                .params(format!("second batch of {k} streams after a first; retention 2 s")),
+                .params(format!(
+                    "second batch of {k} streams after a first; retention 2 s"
+                )),
         );
         self.figures[i].value.push(kib);
         let _ = (before, after);

@@ -42,7 +42,11 @@ impl Holder {
         let out = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let mut h = Holder { child, stdin, out };
         let ready = h.line().await;
-        assert_eq!(ready["held"], json!(n), "every subscriber connected: {ready}");
+        assert_eq!(
+            ready["held"],
+            json!(n),
+            "every subscriber connected: {ready}"
+        );
         h
     }
 
@@ -60,7 +64,11 @@ impl Holder {
         self.stdin.write_all(b"stats\n").await.expect("stats");
         let stats = self.line().await;
         assert_eq!(stats["held"], json!(n), "subscribers still held: {stats}");
-        assert_eq!(stats["live"], json!(n), "every subscriber got events: {stats}");
+        assert_eq!(
+            stats["live"],
+            json!(n),
+            "every subscriber got events: {stats}"
+        );
     }
 
     async fn close(mut self) {
@@ -93,7 +101,10 @@ impl Subject for (Server, String) {
             .0
             .metric("sluice_edge_connections{transport=\"sse\"}")
             .await;
-        assert_eq!(gauge as usize, n, "sluice_edge_connections{{transport=\"sse\"}}");
+        assert_eq!(
+            gauge as usize, n,
+            "sluice_edge_connections{{transport=\"sse\"}}"
+        );
     }
 }
 

@@ -195,7 +195,11 @@ impl Figure {
     }
 
     fn row(&self) -> String {
-        let digits = if self.value.median().abs() >= 100.0 { 0 } else { 2 };
+        let digits = if self.value.median().abs() >= 100.0 {
+            0
+        } else {
+            2
+        };
         let mut value = format!("{} {}", self.value.show(digits), self.unit);
         if !self.p50_ms.0.is_empty() {
             value.push_str(&format!(
@@ -208,7 +212,11 @@ impl Figure {
             Some(name) => format!(
                 "{name}: {} {}",
                 self.baseline
-                    .show(if self.baseline.median().abs() >= 100.0 { 0 } else { 2 }),
+                    .show(if self.baseline.median().abs() >= 100.0 {
+                        0
+                    } else {
+                        2
+                    }),
                 self.unit
             ),
             None => String::new(),
@@ -238,7 +246,8 @@ pub fn write(dir: &std::path::Path, header: &str, figures: &[Figure]) -> String 
     for f in figures {
         md.push_str(&f.row());
     }
-    let report = json!({"header": header, "figures": figures.iter().map(Figure::json).collect::<Vec<_>>()});
+    let report =
+        json!({"header": header, "figures": figures.iter().map(Figure::json).collect::<Vec<_>>()});
     std::fs::create_dir_all(dir).expect("bench dir");
     std::fs::write(
         dir.join("e2e.json"),

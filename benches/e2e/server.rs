@@ -183,11 +183,21 @@ level = "info"
         // SAFETY: sending a signal to our own child.
         unsafe { libc_kill(pid, 15) };
         let _ = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
-        let t = self.prefix.trim_start_matches("bench.").trim_end_matches('.');
+        let t = self
+            .prefix
+            .trim_start_matches("bench.")
+            .trim_end_matches('.');
         let t = t.to_owned();
         let started = std::time::Instant::now();
         let next = Server::start_in(self.dir, &self.extra, &t).await;
         (started.elapsed(), next)
+    }
+
+    /// Waits for retention (2 s in the bench settings) to delete the topics of the streams that
+    /// ended, so a run does not leave thousands of topics on the broker, then stops the server.
+    pub async fn retire(self) {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        self.stop().await;
     }
 
     /// Stops the server (SIGKILL: nothing it holds is needed afterwards).
@@ -222,11 +232,15 @@ pub async fn sse(http: &reqwest::Client, base: &str, id: &str, after: Option<i64
     }
     let resp = req.send().await.expect("GET events");
     assert_eq!(resp.status(), 200, "GET events");
-    Box::pin(resp.bytes_stream().eventsource().filter_map(|e| async move {
-        let e = e.ok()?;
-        Some((
-            e.event,
-            serde_json::from_str(&e.data).unwrap_or(Value::Null),
-        ))
-    }))
+    Box::pin(
+        resp.bytes_stream()
+            .eventsource()
+            .filter_map(|e| async move {
+                let e = e.ok()?;
+                Some((
+                    e.event,
+                    serde_json::from_str(&e.data).unwrap_or(Value::Null),
+                ))
+            }),
+    )
 }
