@@ -54,6 +54,9 @@ enum Control {
 
 fn delivery_frame(stream_id: &str, d: &Delivery) -> String {
     match d {
+        Delivery::Event(ev) if ev.envelope.stream_id.as_deref() == Some(stream_id) => {
+            return ev.ws_frame().to_owned()
+        }
         Delivery::Event(ev) => json!({"type": ev.envelope.event_type, "stream_id": stream_id,
             "id": ev.offset, "seq": ev.envelope.seq, "payload": ev.envelope.payload}),
         Delivery::Heartbeat(h) => json!({"type": h.event_type, "stream_id": stream_id,

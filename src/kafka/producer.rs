@@ -1,7 +1,10 @@
-//! Kafka storage: the one shared idempotent producer (`acks=all`), stream topic creation through
-//! the admin client, and the base client configuration every Kafka client in Sluice uses.
+//! Kafka storage: the shared idempotent producers (`acks=all`), stream topic creation through the
+//! admin client, and the base client configuration every Kafka client in Sluice uses.
 //!
 //! Each stream's events live in its own single-partition topic; the offset there is the event id.
+//! Stream topics are spread over `kafka.producer_shards` producer handles by a hash of the message
+//! key (the stream id), so one stream always goes through one handle and stays in order, while no
+//! handle has to keep track of every stream topic (librdkafka's per-message work grows with that).
 //! This module does not decide what to write; the provider and the edge do.
 
 use std::future::Future;
@@ -103,20 +106,39 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
     cfg
 }
 
-/// The shared producer and admin client. Cheap to share behind an `Arc`.
+/// The shared producers and admin client. Cheap to share behind an `Arc`.
 pub struct Journal {
     creator: tokio::sync::Mutex<()>,
     create_queue: Mutex<Vec<PendingCreate>>,
-    producer: FutureProducer,
+    producers: Vec<FutureProducer>,
     admin: AdminClient<DefaultClientContext>,
     settings: KafkaSettings,
     metrics: Arc<Metrics>,
 }
 
 impl Journal {
-    /// Creates the idempotent producer and the admin client.
+    /// Creates the idempotent producers and the admin client.
     pub fn new(settings: &KafkaSettings, metrics: Arc<Metrics>) -> Result<Journal, Error> {
+        let producers = (0..settings.producer_shards.max(1))
+            .map(|shard| Journal::producer(settings, shard))
+            .collect::<Result<Vec<_>, _>>()?;
+        let admin: AdminClient<DefaultClientContext> =
+            client_config(settings).create().map_err(Error::Client)?;
+        Ok(Journal {
+            creator: tokio::sync::Mutex::new(()),
+            create_queue: Mutex::new(Vec::new()),
+            producers,
+            admin,
+            settings: settings.clone(),
+            metrics,
+        })
+    }
+
+    fn producer(settings: &KafkaSettings, shard: usize) -> Result<FutureProducer, Error> {
         let mut cfg = client_config(settings);
+        if !settings.client_config.contains_key("client.id") {
+            cfg.set("client.id", format!("sluice-{shard}"));
+        }
         cfg.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("max.in.flight.requests.per.connection", "5")
@@ -127,17 +149,16 @@ impl Journal {
             )
             .set("compression.type", "lz4")
             .set("queue.buffering.max.messages", "200000");
-        let producer: FutureProducer = cfg.create().map_err(Error::Client)?;
-        let admin: AdminClient<DefaultClientContext> =
-            client_config(settings).create().map_err(Error::Client)?;
-        Ok(Journal {
-            creator: tokio::sync::Mutex::new(()),
-            create_queue: Mutex::new(Vec::new()),
-            producer,
-            admin,
-            settings: settings.clone(),
-            metrics,
-        })
+        cfg.create().map_err(Error::Client)
+    }
+
+    /// The producer handle for messages with `key`: the same handle for the same key.
+    fn shard(&self, key: &str) -> &FutureProducer {
+        // FNV-1a: stable, cheap, and spreads stream ids evenly.
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        &self.producers[(hash % self.producers.len() as u64) as usize]
     }
 
     /// The topic holding a stream's events.
@@ -296,7 +317,7 @@ impl Journal {
             .payload(payload)
             .headers(hs);
         let started = Instant::now();
-        let delivery = match self.producer.send_result(record) {
+        let delivery = match self.shard(key).send_result(record) {
             Ok(d) => d,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 return Err(Error::QueueFull)
@@ -348,13 +369,20 @@ impl Journal {
     /// Waits up to `timeout` for every queued message to be acknowledged.
     pub async fn flush(self: &Arc<Self>, timeout: Duration) -> Result<(), Error> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.producer.flush(Timeout::After(timeout)))
-            .await
-            .unwrap_or(Err(KafkaError::Canceled))
-            .map_err(|source| Error::Produce {
-                topic: "*".into(),
-                source,
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + timeout;
+            me.producers.iter().try_for_each(|p| {
+                p.flush(Timeout::After(
+                    deadline.saturating_duration_since(Instant::now()),
+                ))
             })
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+        .map_err(|source| Error::Produce {
+            topic: "*".into(),
+            source,
+        })
     }
 
     /// Whether the broker answers a metadata request for `topic` within `timeout`.
@@ -362,7 +390,7 @@ impl Journal {
         let me = self.clone();
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
-            me.producer
+            me.producers[0]
                 .client()
                 .fetch_metadata(Some(&topic), Timeout::After(timeout))
                 .is_ok()

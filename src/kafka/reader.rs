@@ -13,7 +13,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 
-use crate::event::Envelope;
 use crate::kafka::producer::client_config;
 use crate::settings::KafkaSettings;
 use crate::stream::hub::StoredEvent;
@@ -216,8 +215,7 @@ impl Reader {
             next = msg.offset() + 1;
             let parsed = msg
                 .payload()
-                .and_then(|p| serde_json::from_slice::<Envelope>(p).ok())
-                .and_then(|env| StoredEvent::new(msg.offset(), env));
+                .and_then(|p| StoredEvent::parse(msg.offset(), p));
             match parsed {
                 Some(ev) => out.push(ev),
                 None => tracing::warn!(

@@ -177,6 +177,10 @@ pub struct KafkaSettings {
     pub operation_timeout: Duration,
     /// Number of pooled consumers that replay stream topics.
     pub replay_readers: usize,
+    /// Producer handles stream topics are spread over; a stream always uses the same one, so its
+    /// events stay in order. librdkafka's per-message work grows with the topics a handle has
+    /// seen, so many concurrent streams go faster over several handles.
+    pub producer_shards: usize,
     /// Extra librdkafka properties for every client, such as security settings.
     pub client_config: BTreeMap<String, String>,
 }
@@ -202,6 +206,7 @@ impl Default for KafkaSettings {
             message_timeout: Duration::from_secs(300),
             operation_timeout: Duration::from_secs(10),
             replay_readers: 4,
+            producer_shards: 4,
             client_config: BTreeMap::new(),
         }
     }

@@ -43,6 +43,7 @@ impl Settings {
             ("provider.max_attempts", p.max_attempts as usize),
             ("intake.max_request_bytes", self.intake.max_request_bytes),
             ("kafka.replay_readers", k.replay_readers),
+            ("kafka.producer_shards", k.producer_shards),
             ("edge.max_streams_per_socket", e.max_streams_per_socket),
             ("grpc.max_event_types", self.grpc.max_event_types),
             ("retention.max_stream_topics", r.max_stream_topics),
@@ -170,6 +171,7 @@ mod tests {
                 s.edge.remote_poll_interval = Duration::ZERO
             }),
             ("kafka.replay_readers", |s| s.kafka.replay_readers = 0),
+            ("kafka.producer_shards", |s| s.kafka.producer_shards = 0),
             ("kafka.operation_timeout", |s| {
                 s.kafka.operation_timeout = Duration::ZERO
             }),

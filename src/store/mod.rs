@@ -200,7 +200,15 @@ impl Store {
 
     /// Writes a stream's record.
     pub async fn put(&self, record: &StreamRecord, durability: Durability) -> Result<(), Error> {
-        let mut record = record.clone();
+        self.put_owned(record.clone(), durability).await
+    }
+
+    /// Writes a stream's record, taking it (no copy).
+    pub async fn put_owned(
+        &self,
+        mut record: StreamRecord,
+        durability: Durability,
+    ) -> Result<(), Error> {
         record.updated_at = Utc::now();
         self.blocking(move |db| {
             let bytes = serde_json::to_vec(&record).map_err(|e| Error::Corrupt {

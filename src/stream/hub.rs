@@ -51,6 +51,8 @@ pub struct StoredEvent {
     pub envelope: Envelope,
     /// `envelope` serialised once for every subscriber.
     pub json: Arc<str>,
+    /// The WebSocket frame of this event, built by the first WebSocket subscriber that needs it.
+    ws_frame: std::sync::OnceLock<String>,
 }
 
 impl StoredEvent {
@@ -64,7 +66,53 @@ impl StoredEvent {
             state,
             envelope,
             json,
+            ws_frame: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The event whose stored bytes (the envelope without `id`, as written to Kafka) are `bytes`:
+    /// the subscribers' JSON is those bytes with `"id":<offset>` spliced in, not a re-encoding.
+    /// Bytes that are not a JSON object, or that already carry an `id`, are re-encoded instead.
+    pub fn from_stored(offset: i64, mut envelope: Envelope, bytes: &[u8]) -> Option<StoredEvent> {
+        if envelope.id.is_some() || bytes.first() != Some(&b'{') {
+            return StoredEvent::new(offset, envelope);
+        }
+        let state = EventType::parse(&envelope.event_type).ok()?.state();
+        envelope.id = Some(offset);
+        let rest = std::str::from_utf8(&bytes[1..]).ok()?;
+        let mut json = String::with_capacity(bytes.len() + 24);
+        json.push_str("{\"id\":");
+        json.push_str(&offset.to_string());
+        if rest.trim_start().starts_with('}') {
+            json.push_str(rest);
+        } else {
+            json.push(',');
+            json.push_str(rest);
+        }
+        Some(StoredEvent {
+            offset,
+            state,
+            envelope,
+            json: json.into(),
+            ws_frame: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The event as a WebSocket frame, `{"type","stream_id","id","seq","payload"}`, encoded once
+    /// however many clients receive it.
+    pub fn ws_frame(&self) -> &str {
+        self.ws_frame.get_or_init(|| {
+            serde_json::json!({"type": self.envelope.event_type,
+                "stream_id": self.envelope.stream_id, "id": self.offset,
+                "seq": self.envelope.seq, "payload": self.envelope.payload})
+            .to_string()
+        })
+    }
+
+    /// The event parsed from the bytes of a stream topic record.
+    pub fn parse(offset: i64, bytes: &[u8]) -> Option<StoredEvent> {
+        let envelope = serde_json::from_slice::<Envelope>(bytes).ok()?;
+        StoredEvent::from_stored(offset, envelope, bytes)
     }
 }
 
@@ -282,6 +330,38 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_bytes_get_the_id_spliced_in() {
+        let env = Envelope {
+            event_type: "demo:stream_ticks:v1:stream".into(),
+            id: None,
+            stream_id: Some("a".into()),
+            seq: Some(3),
+            payload: serde_json::json!({"n": 3, "text": "a \"quoted\" word"}),
+            metadata: Some(serde_json::json!({"trace": "t"})),
+            time: Some(chrono::Utc::now()),
+        };
+        let bytes = serde_json::to_vec(&env).unwrap();
+        let spliced = StoredEvent::parse(42, &bytes).unwrap();
+        let encoded = StoredEvent::new(42, env.clone()).unwrap();
+        assert!(
+            spliced.json.starts_with("{\"id\":42,\"type\":"),
+            "{}",
+            spliced.json
+        );
+        let a: serde_json::Value = serde_json::from_str(&spliced.json).unwrap();
+        let b: serde_json::Value = serde_json::from_str(&encoded.json).unwrap();
+        assert_eq!(a, b, "the same event as a re-encoding");
+        assert_eq!(spliced.envelope.id, Some(42));
+        assert_eq!(spliced.state, State::Stream);
+        // A stored record that (wrongly) carries an id is re-encoded with the offset's id.
+        let with_id = serde_json::to_vec(&Envelope { id: Some(9), ..env }).unwrap();
+        let fixed = StoredEvent::parse(42, &with_id).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&fixed.json).unwrap();
+        assert_eq!(v["id"], 42);
+        assert!(StoredEvent::parse(1, b"not json").is_none());
+    }
 
     #[tokio::test]
     async fn fans_out_and_closes_on_remove() {

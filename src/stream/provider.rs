@@ -411,7 +411,7 @@ impl Run<'_> {
                 _ = cancel.cancelled() => break End::Cancelled,
                 _ = &mut deadline => break End::Timeout,
                 Some(ack) = self.w.inflight.next(), if !self.w.inflight.is_empty() => {
-                    if let Err(e) = self.w.on_ack(ack).await {
+                    if let Err(e) = self.w.on_acks(ack) {
                         break End::Storage(e);
                     }
                 }
@@ -448,16 +448,12 @@ impl Run<'_> {
     }
 
     async fn chunk(&mut self, chunk: Chunk) -> Result<(), End> {
-        let size = serde_json::to_vec(&chunk.payload)
-            .map(|b| b.len())
-            .unwrap_or(usize::MAX);
-        if size > self.p.settings.max_chunk_bytes {
+        let limit = self.p.settings.max_chunk_bytes;
+        let mut size = ByteCount { n: 0, limit };
+        if serde_json::to_writer(&mut size, &chunk.payload).is_err() || size.n > limit {
             return Err(End::Failed(HandlerError::new(
                 "chunk_too_large",
-                format!(
-                    "chunk of {size} bytes exceeds provider.max_chunk_bytes ({})",
-                    self.p.settings.max_chunk_bytes
-                ),
+                format!("chunk of over {limit} bytes exceeds provider.max_chunk_bytes ({limit})"),
             )));
         }
         self.w
@@ -535,6 +531,26 @@ impl Run<'_> {
             duration,
             detail.as_deref(),
         );
+    }
+}
+
+/// Counts serialised bytes without keeping them, and stops past `limit`.
+struct ByteCount {
+    n: usize,
+    limit: usize,
+}
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.n += buf.len();
+        if self.n > self.limit {
+            return Err(std::io::Error::other("over the limit"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -255,11 +255,13 @@ impl Pump {
             })
             .await?;
         }
-        self.replay(high).await?;
+        // Reading Kafka takes much more state than waiting for live events; boxed, it is held
+        // only while a read runs, and a subscriber that only waits stays small.
+        Box::pin(self.replay(high)).await?;
         loop {
             match live.take() {
                 Some(rx) => self.follow_live(rx).await?,
-                None => live = Some(self.poll_remote().await?),
+                None => live = Some(Box::pin(self.poll_remote()).await?),
             }
         }
     }
@@ -276,17 +278,17 @@ impl Pump {
             match item {
                 Ok(Live::Event(ev)) => {
                     if ev.offset > self.next {
-                        self.replay(ev.offset).await?;
+                        Box::pin(self.replay(ev.offset)).await?;
                     }
                     self.deliver(ev).await?;
                 }
                 Ok(Live::Heartbeat(h)) => self.send(Delivery::Heartbeat(h)).await?,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::debug!(stream_id = %self.id, skipped = n, "subscriber lagged; re-reading from Kafka");
-                    self.catch_up().await?;
+                    Box::pin(self.catch_up()).await?;
                 }
                 Err(broadcast::error::RecvError::Closed) => {
-                    self.catch_up().await?;
+                    Box::pin(self.catch_up()).await?;
                     return Ok(());
                 }
             }

@@ -4,6 +4,11 @@
 //! publishes each event to live subscribers once Kafka acknowledged it, records a checkpoint only
 //! when every chunk it covers is acknowledged, and, for a resumed run, skips the chunks the topic
 //! already holds. It does not run handlers or decide when a stream ends; the provider does.
+//!
+//! An event is serialised once: the bytes sent to Kafka are what subscribers get, with the id
+//! spliced in. Checkpoints after the first are written by a background task that always writes
+//! the newest one, so a stream checkpointing every chunk neither waits for RocksDB in its loop nor
+//! writes more often than RocksDB keeps up with; a checkpoint is still never ahead of Kafka.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -13,6 +18,8 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
 use serde_json::{Map, Value};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::event::{Envelope, EventType, State, StreamId};
 use crate::kafka::producer::{self as journal, Journal, Stored};
@@ -20,8 +27,43 @@ use crate::metrics::Metrics;
 use crate::store::{Durability, Store, StreamRecord};
 use crate::stream::hub::{Live, LiveStream, StoredEvent};
 
-/// An acknowledgement future: the event's `seq`, state and envelope, and where it landed.
-pub type Ack = BoxFuture<'static, (u64, State, Envelope, Result<Stored, journal::Error>)>;
+/// An event handed to Kafka: its `seq`, state, envelope and the bytes sent.
+pub struct Written {
+    seq: u64,
+    state: State,
+    envelope: Envelope,
+    bytes: Vec<u8>,
+}
+
+/// What an acknowledgement future yields: the event, and where it landed.
+pub type Acked = (Written, Result<Stored, journal::Error>);
+
+/// An acknowledgement future.
+pub type Ack = BoxFuture<'static, Acked>;
+
+/// The background writer of buffered checkpoints: it writes the newest snapshot it was given.
+struct Checkpoints {
+    newest: watch::Sender<Option<StreamRecord>>,
+    task: JoinHandle<()>,
+}
+
+impl Checkpoints {
+    fn start(store: Store, id: StreamId) -> Checkpoints {
+        let (newest, mut rx) = watch::channel::<Option<StreamRecord>>(None);
+        let task = tokio::spawn(async move {
+            // Ends once the sender is gone and the last snapshot is written.
+            while rx.changed().await.is_ok() {
+                let Some(record) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                if let Err(e) = store.put_owned(record, Durability::Buffered).await {
+                    tracing::warn!(stream_id = %id, error = %e, "checkpoint not recorded");
+                }
+            }
+        });
+        Checkpoints { newest, task }
+    }
+}
 
 /// Writes one stream's events in order.
 pub struct StreamWriter {
@@ -41,6 +83,7 @@ pub struct StreamWriter {
     /// Enqueued events waiting for Kafka, in `seq` order.
     pub inflight: FuturesOrdered<Ack>,
     checkpoints: VecDeque<(u64, Value)>,
+    background: Option<Checkpoints>,
     /// On a resumed run, the highest `seq` the topic already holds.
     pub skip_through: Option<u64>,
     terminal: Option<Arc<StoredEvent>>,
@@ -67,6 +110,7 @@ impl StreamWriter {
             live,
             inflight: FuturesOrdered::new(),
             checkpoints: VecDeque::new(),
+            background: None,
             skip_through: None,
             terminal: None,
         }
@@ -82,15 +126,32 @@ impl StreamWriter {
             self.checkpoints.push_back((seq, cursor));
             return;
         }
-        let durability = if self.record.cursor.is_none() {
-            Durability::Sync
-        } else {
-            Durability::Buffered
-        };
+        let first = self.record.cursor.is_none();
         self.record.cursor = Some(cursor);
         self.record.cursor_seq = seq;
-        if let Err(e) = self.store.put(&self.record, durability).await {
-            tracing::warn!(stream_id = %self.id, error = %e, "checkpoint not recorded");
+        if first {
+            self.persist(Durability::Sync).await;
+        } else {
+            self.record_in_background(self.record.clone());
+        }
+    }
+
+    /// Hands a snapshot to the background checkpoint writer, replacing any not yet written.
+    fn record_in_background(&mut self, snapshot: StreamRecord) {
+        let (store, id) = (&self.store, &self.id);
+        self.background
+            .get_or_insert_with(|| Checkpoints::start(store.clone(), id.clone()))
+            .newest
+            .send_replace(Some(snapshot));
+    }
+
+    /// Waits until every checkpoint handed to the background writer is written.
+    async fn settle_checkpoints(&mut self) {
+        if let Some(bg) = self.background.take() {
+            drop(bg.newest);
+            if let Err(e) = bg.task.await {
+                tracing::error!(stream_id = %self.id, error = %e, "checkpoint writer failed");
+            }
         }
     }
 
@@ -161,22 +222,27 @@ impl StreamWriter {
             env.metadata = self.merged_metadata(metadata);
         }
         let bytes = serde_json::to_vec(&env).unwrap_or_default();
-        let event_type = env.event_type.clone();
         loop {
             match self.journal.enqueue(
                 &self.topic,
                 self.id.as_str(),
                 &bytes,
-                &[("type", &event_type)],
+                &[("type", &env.event_type)],
                 "stream",
             ) {
                 Ok(ack) => {
+                    let written = Written {
+                        seq,
+                        state,
+                        envelope: env,
+                        bytes,
+                    };
                     self.inflight
-                        .push_back(ack.map(move |r| (seq, state, env, r)).boxed());
+                        .push_back(ack.map(move |r| (written, r)).boxed());
                     return Ok(());
                 }
                 Err(journal::Error::QueueFull) => match self.inflight.next().await {
-                    Some(ack) => self.on_ack(ack).await?,
+                    Some(ack) => self.on_ack(ack)?,
                     None => tokio::time::sleep(Duration::from_millis(5)).await,
                 },
                 Err(e) => return Err(e),
@@ -184,14 +250,26 @@ impl StreamWriter {
         }
     }
 
+    /// Handles an acknowledgement and every further one already available, in order.
+    pub fn on_acks(&mut self, first: Acked) -> Result<(), journal::Error> {
+        self.on_ack(first)?;
+        while let Some(Some(ack)) = self.inflight.next().now_or_never() {
+            self.on_ack(ack)?;
+        }
+        Ok(())
+    }
+
     /// Handles one acknowledgement: publish to live subscribers, record covered checkpoints.
-    pub async fn on_ack(
-        &mut self,
-        (seq, state, env, res): (u64, State, Envelope, Result<Stored, journal::Error>),
-    ) -> Result<(), journal::Error> {
+    fn on_ack(&mut self, (written, res): Acked) -> Result<(), journal::Error> {
+        let Written {
+            seq,
+            state,
+            envelope,
+            bytes,
+        } = written;
         let stored = res?;
         self.record.last_offset = Some(stored.offset);
-        if let Some(ev) = StoredEvent::new(stored.offset, env) {
+        if let Some(ev) = StoredEvent::from_stored(stored.offset, envelope, &bytes) {
             if state.is_terminal() {
                 // Published only after the record says the stream ended, so status never lags it.
                 self.terminal = Some(Arc::new(ev));
@@ -212,9 +290,7 @@ impl StreamWriter {
             self.record.cursor_seq = cp_seq;
             let mut snapshot = self.record.clone();
             snapshot.next_seq = seq + 1;
-            if let Err(e) = self.store.put(&snapshot, Durability::Buffered).await {
-                tracing::warn!(stream_id = %self.id, error = %e, "checkpoint not recorded");
-            }
+            self.record_in_background(snapshot);
         }
         Ok(())
     }
@@ -222,13 +298,14 @@ impl StreamWriter {
     /// Waits for every enqueued event to be acknowledged.
     pub async fn drain(&mut self) -> Result<(), journal::Error> {
         while let Some(ack) = self.inflight.next().await {
-            self.on_ack(ack).await?;
+            self.on_ack(ack)?;
         }
         Ok(())
     }
 
-    /// Writes the record.
+    /// Writes the record, after any checkpoint still being written in the background.
     pub async fn persist(&mut self, durability: Durability) {
+        self.settle_checkpoints().await;
         if let Err(e) = self.store.put(&self.record, durability).await {
             tracing::error!(stream_id = %self.id, error = %e, "stream record not written");
         }
