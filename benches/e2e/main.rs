@@ -103,6 +103,13 @@ impl Bench {
             .is_none_or(|o| o.iter().any(|x| x.eq_ignore_ascii_case(id)))
     }
 
+    /// Prints the table so far, so a long run shows where it is.
+    fn progress(&self) {
+        for f in &self.figures {
+            eprint!("{}", f.row());
+        }
+    }
+
     fn figure(&mut self, f: Figure) -> usize {
         if let Some(i) = self.figures.iter().position(|x| x.name == f.name) {
             return i;
@@ -387,9 +394,12 @@ async fn main() {
     for rep in 0..bench.scale.repeats {
         eprintln!("e2e: repeat {} of {}", rep + 1, bench.scale.repeats);
         bench.throughput().await;
+        bench.progress();
         bench.latency().await;
+        bench.progress();
         bench.memory().await;
         bench.retained().await;
+        bench.progress();
     }
     let header = format!(
         "Machine: {}; broker: local single-node Kafka; Sluice: {}; mode: {}; repeats: {}",

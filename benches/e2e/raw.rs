@@ -269,9 +269,17 @@ pub async fn open_loop(layout: &Layout, rate: u64, secs: u64) -> (f64, Histogram
         let s = seq.entry(i).or_insert(0);
         *s += 1;
         let bytes = envelope(&layout.keys[i], *s, start_us + due.as_micros() as i64);
-        match p.send_result(layout.record(i, &bytes)) {
-            Ok(f) => acks.push(f),
-            Err((e, _)) => panic!("produce: {e}"),
+        let mut rec = layout.record(i, &bytes);
+        // A full queue means the producer is behind schedule: wait for deliveries and go on,
+        // keeping the chunk's scheduled stamp, so the delay shows in the latency.
+        loop {
+            match p.send_result(rec) {
+                Ok(f) => break acks.push(f),
+                Err((_, back)) => {
+                    rec = back;
+                    acks.next().await;
+                }
+            }
         }
         while let Some(Some(_)) = futures::FutureExt::now_or_never(acks.next()) {}
     }

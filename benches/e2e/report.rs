@@ -194,7 +194,8 @@ impl Figure {
         Value::Object(m)
     }
 
-    fn row(&self) -> String {
+    /// The figure as a Markdown table row.
+    pub fn row(&self) -> String {
         let digits = if self.value.median().abs() >= 100.0 {
             0
         } else {
