@@ -18,34 +18,60 @@ use crate::support::{micros_now, tag};
 /// Most HTTP requests the benchmark has in flight while setting streams up.
 const SETUP_CONCURRENCY: usize = 64;
 
-/// Reads one stream's SSE from the start to its terminal event: (chunks, first `started` seen,
-/// terminal seen, latency of each chunk from its `at` in µs).
+/// What one reader saw of its stream.
+pub struct Followed {
+    chunks: u64,
+    started: Option<Instant>,
+    ended: Option<Instant>,
+    reconnects: u64,
+    latency: Histogram<u64>,
+}
+
+/// Reads one stream's SSE from the start to its terminal event, as a browser's `EventSource`
+/// would: a response that ends early is resumed with `Last-Event-ID`, and counted.
 async fn follow(
     http: reqwest::Client,
     base: String,
     id: String,
     deadline: Instant,
     latency: bool,
-) -> (u64, Option<Instant>, Option<Instant>, Histogram<u64>) {
-    let mut h = Histogram::<u64>::new(3).expect("histogram");
-    let mut events = sse(&http, &base, &id, None).await;
-    let (mut chunks, mut started, mut ended) = (0, None, None);
+) -> Followed {
+    let mut f = Followed {
+        chunks: 0,
+        started: None,
+        ended: None,
+        reconnects: 0,
+        latency: Histogram::<u64>::new(3).expect("histogram"),
+    };
     let limit = tokio::time::Instant::from_std(deadline);
-    while let Ok(Some((ev, data))) = tokio::time::timeout_at(limit, events.next()).await {
-        if ev.ends_with(":stream") {
-            chunks += 1;
-            if latency {
-                let at = data["payload"]["at"].as_i64().expect("at");
-                h.record((micros_now() - at).max(0) as u64).expect("record");
+    let mut after: Option<i64> = None;
+    while f.ended.is_none() && Instant::now() < deadline {
+        if after.is_some() || f.started.is_some() {
+            f.reconnects += 1;
+        }
+        let mut events = sse(&http, &base, &id, after).await;
+        while let Ok(Some((ev, event_id, data))) =
+            tokio::time::timeout_at(limit, events.next()).await
+        {
+            after = event_id.or(after);
+            if ev.ends_with(":stream") {
+                f.chunks += 1;
+                if latency {
+                    let v: serde_json::Value = serde_json::from_str(&data).expect("event JSON");
+                    let at = v["payload"]["at"].as_i64().expect("at");
+                    f.latency
+                        .record((micros_now() - at).max(0) as u64)
+                        .expect("record");
+                }
+            } else if ev.ends_with(":started") {
+                f.started = Some(Instant::now());
+            } else if !ev.ends_with(":heartbeat") {
+                f.ended = Some(Instant::now());
+                break;
             }
-        } else if ev.ends_with(":started") {
-            started = Some(Instant::now());
-        } else if !ev.ends_with(":heartbeat") {
-            ended = Some(Instant::now());
-            break;
         }
     }
-    (chunks, started, ended, h)
+    f
 }
 
 /// Result of running streams to their end.
@@ -58,9 +84,24 @@ pub struct Run {
     pub secs: f64,
     /// Emit → SSE latency, µs (when measured).
     pub latency: Histogram<u64>,
+    /// Responses that ended before the terminal event and were resumed.
+    pub reconnects: u64,
+    /// Streams whose terminal event did not arrive before the deadline.
+    pub unfinished: u64,
 }
 
 impl Run {
+    /// Resumed responses and unfinished streams, if any, for the parameters column.
+    pub fn faults(&self) -> String {
+        if self.reconnects == 0 && self.unfinished == 0 {
+            return String::new();
+        }
+        format!(
+            "; {} responses ended early and were resumed, {} streams unfinished",
+            self.reconnects, self.unfinished
+        )
+    }
+
     /// Delivered chunks per second.
     pub fn rate(&self) -> f64 {
         self.chunks as f64 / self.secs
@@ -96,17 +137,21 @@ pub async fn run_streams(
         expected,
         secs: 0.0,
         latency: Histogram::<u64>::new(3).expect("histogram"),
+        reconnects: 0,
+        unfinished: 0,
     };
     let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
     for r in futures::future::join_all(readers).await {
-        let (chunks, started, ended, h) = r.expect("reader");
-        run.chunks += chunks;
-        run.latency.add(h).expect("merge");
-        first = match (first, started) {
+        let f = r.expect("reader");
+        run.chunks += f.chunks;
+        run.reconnects += f.reconnects;
+        run.unfinished += u64::from(f.ended.is_none());
+        run.latency.add(f.latency).expect("merge");
+        first = match (first, f.started) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        last = last.max(ended.or(Some(until)));
+        last = last.max(f.ended.or(Some(Instant::now().min(until))));
     }
     let start = match scheduled {
         // The schedule's start, converted from wall-clock micros to this process's clock.
@@ -153,7 +198,7 @@ pub async fn start_latency(s: &Server, samples: usize) -> Histogram<u64> {
         let waiter = tokio::spawn(async move {
             // The edge holds the response until the stream registers (`edge.early_connect_wait`).
             let mut events = sse(&http2, &base, &id2, None).await;
-            while let Some((ev, _)) = events.next().await {
+            while let Some((ev, _, _)) = events.next().await {
                 if ev.ends_with(":started") {
                     return Instant::now();
                 }
@@ -186,7 +231,7 @@ pub async fn replay(s: &Server, n: u64) -> (f64, f64) {
         .request(json!({"count": n, "interval_ms": 0, "checkpoint_every": 1000, "pad_bytes": PAD}))
         .await;
     let mut live = s.sse(&id, None).await;
-    while let Some((ev, _)) = live.next().await {
+    while let Some((ev, _, _)) = live.next().await {
         if ev.ends_with(":success") {
             break;
         }
@@ -194,7 +239,7 @@ pub async fn replay(s: &Server, n: u64) -> (f64, f64) {
     let t0 = Instant::now();
     let mut events = s.sse(&id, None).await;
     let (mut first, mut got) = (None, 0u64);
-    while let Some((ev, _)) = events.next().await {
+    while let Some((ev, _, _)) = events.next().await {
         first.get_or_insert_with(|| t0.elapsed());
         if ev.ends_with(":stream") {
             got += 1;
@@ -202,10 +247,6 @@ pub async fn replay(s: &Server, n: u64) -> (f64, f64) {
     }
     assert_eq!(got, n, "replay delivered every chunk");
     let secs = t0.elapsed().as_secs_f64();
-    let _ = reqwest::Client::new()
-        .delete(format!("{}/v1/streams/{id}", s.base))
-        .send()
-        .await;
     (
         first.expect("an event").as_secs_f64() * 1000.0,
         got as f64 / secs,
@@ -220,7 +261,7 @@ pub async fn resume(s: Server) -> (f64, Server) {
         .await;
     let mut events = s.sse(&id, None).await;
     let mut seen = 0;
-    while let Some((ev, _)) = events.next().await {
+    while let Some((ev, _, _)) = events.next().await {
         if ev.ends_with(":stream") {
             seen += 1;
             if seen == 50 {
@@ -234,8 +275,12 @@ pub async fn resume(s: Server) -> (f64, Server) {
     let before = s.status(&id).await["chunks"].as_u64().unwrap_or(0);
     let mut events = s.sse(&id, None).await;
     let mut ms = f64::NAN;
-    while let Some((ev, data)) = events.next().await {
-        if ev.ends_with(":stream") && data["seq"].as_u64().unwrap_or(0) > before.max(50) {
+    while let Some((ev, _, data)) = events.next().await {
+        let seq = serde_json::from_str::<serde_json::Value>(&data)
+            .ok()
+            .and_then(|v| v["seq"].as_u64())
+            .unwrap_or(0);
+        if ev.ends_with(":stream") && seq > before.max(50) {
             ms = t0.elapsed().as_secs_f64() * 1000.0;
             break;
         }

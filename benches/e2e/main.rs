@@ -3,7 +3,7 @@
 //! repeated and reported as median (min–max).
 //!
 //! `cargo bench --bench e2e` (full), `cargo bench --bench e2e -- --quick` (seconds-long smoke run),
-//! `-- --only S1,S5` for a subset. Sluice runs as a child process (`SLUICE_BENCH_BIN`, default the
+//! `-- --only S1,S5` for a subset, `-- --repeats N` to change the repeat count. Sluice runs as a child process (`SLUICE_BENCH_BIN`, default the
 //! binary built with the bench); the clients live in this process, except S5's subscribers, which
 //! live in their own. Writes `target/bench/e2e.json` and `target/bench/e2e.md`.
 
@@ -78,13 +78,19 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
-/// Settings every measured Sluice gets: room for the largest figure, and retention that deletes
-/// finished streams' topics within seconds, so the broker does not fill up over a run.
+/// Settings every measured Sluice gets: room for the largest figure. Stopping a server deletes
+/// its topics, so the broker does not fill up over a run.
 const BENCH_SETTINGS: &str = r#"
 [provider]
 max_concurrent_streams = 10000
 [edge]
 early_connect_wait = "30s"
+"#;
+
+/// S7's server: retention deletes a finished stream's topic and record 2 s after it ends.
+const RETAINED_SETTINGS: &str = r#"
+[provider]
+max_concurrent_streams = 10000
 [retention]
 stream_retention = "2s"
 sweep_interval = "1s"
@@ -142,6 +148,7 @@ impl Bench {
             );
             self.figures[i].value.push(v.rate());
             self.figures[i].baseline.push(b);
+            self.figures[i].params.push_str(&v.faults());
         }
         if self.wants("S1") {
             let b = raw::measure(n1, false, total).await;
@@ -154,6 +161,7 @@ impl Bench {
             );
             self.figures[i].value.push(v.rate());
             self.figures[i].baseline.push(b);
+            self.figures[i].params.push_str(&v.faults());
         }
         if self.wants("layout") {
             for &n in [n1].iter().chain(layouts) {
@@ -240,9 +248,9 @@ impl Bench {
                     .params("graceful stop, same store"),
             );
             self.figures[i].value.push(restart_ms);
-            s2.retire().await;
+            s2.stop().await;
         } else {
-            s.retire().await;
+            s.stop().await;
         }
     }
 
@@ -264,7 +272,7 @@ impl Bench {
             layout.delete().await;
             let s = Server::start(BENCH_SETTINGS).await;
             let v = figures::open_loop(&s, n, rate, secs).await;
-            s.retire().await;
+            s.stop().await;
             let offered = (n as u64 * rate) as f64;
             let i = self.figure(
                 Figure::new(
@@ -284,6 +292,7 @@ impl Bench {
                 )),
             );
             let f = &mut self.figures[i];
+            f.params.push_str(&v.faults());
             f.value.push(ms(&v.latency, 0.99));
             f.baseline.push(ms(&b, 0.99));
             f.p50_ms.push(ms(&v.latency, 0.5));
@@ -347,7 +356,7 @@ impl Bench {
         if !self.wants("S7") {
             return;
         }
-        let s = Server::start(BENCH_SETTINGS).await;
+        let s = Server::start(RETAINED_SETTINGS).await;
         let k = self.scale.s7_streams;
         let (kib, before, after) = figures::retained(&s, k, Duration::from_secs(6)).await;
         s.stop().await;
@@ -386,8 +395,16 @@ async fn main() {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .map(|s| s.split(',').map(str::to_owned).collect());
+    let mut scale = if quick { QUICK } else { FULL };
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--repeats")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+    {
+        scale.repeats = n;
+    }
     let mut bench = Bench {
-        scale: if quick { QUICK } else { FULL },
+        scale,
         only,
         figures: Vec::new(),
     };

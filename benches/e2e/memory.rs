@@ -59,16 +59,24 @@ impl Holder {
         serde_json::from_str(&line).expect("holder JSON")
     }
 
-    /// Asks for stats; asserts every connection is open and received an event since last asked.
+    /// Asks for stats until every connection is open and received an event since last asked
+    /// (a subscriber first replays the stream's history, then follows it live); asserts that this
+    /// happens within three minutes.
     async fn assert_live(&mut self, n: usize) {
-        self.stdin.write_all(b"stats\n").await.expect("stats");
-        let stats = self.line().await;
-        assert_eq!(stats["held"], json!(n), "subscribers still held: {stats}");
-        assert_eq!(
-            stats["live"],
-            json!(n),
-            "every subscriber got events: {stats}"
-        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            self.stdin.write_all(b"stats\n").await.expect("stats");
+            let stats = self.line().await;
+            assert_eq!(stats["held"], json!(n), "subscribers still held: {stats}");
+            if stats["live"] == json!(n) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "every subscriber got events within 3 minutes: {stats}"
+            );
+        }
     }
 
     async fn close(mut self) {
@@ -110,16 +118,18 @@ impl Subject for (Server, String) {
 
 /// Resident memory per subscriber (KiB) from the RSS at `n1` and at `n2` subscribers.
 pub async fn slope(subject: &impl Subject, n1: usize, n2: usize) -> f64 {
-    let settle = Duration::from_secs(5);
+    let settle = Duration::from_secs(3);
     let mut first = Holder::open(&subject.url(), n1).await;
-    tokio::time::sleep(settle).await;
     first.assert_live(n1).await;
+    first.assert_live(n1).await;
+    tokio::time::sleep(settle).await;
     subject.confirm(n1).await;
     let rss1 = rss_kib(subject.pid());
     let mut second = Holder::open(&subject.url(), n2 - n1).await;
-    tokio::time::sleep(settle).await;
-    first.assert_live(n1).await;
     second.assert_live(n2 - n1).await;
+    second.assert_live(n2 - n1).await;
+    first.assert_live(n1).await;
+    tokio::time::sleep(settle).await;
     subject.confirm(n2).await;
     let rss2 = rss_kib(subject.pid());
     first.close().await;

@@ -52,11 +52,38 @@ pub fn producer() -> FutureProducer {
         .expect("producer")
 }
 
-fn admin() -> AdminClient<DefaultClientContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .expect("admin")
+/// One admin client for the whole run, so no figure pays for connecting one.
+fn admin() -> &'static AdminClient<DefaultClientContext> {
+    static ADMIN: std::sync::OnceLock<AdminClient<DefaultClientContext>> =
+        std::sync::OnceLock::new();
+    ADMIN.get_or_init(|| {
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .expect("admin")
+    })
+}
+
+/// Deletes every topic whose name starts with `prefix` (what a stopped server left behind).
+pub async fn delete_prefixed(prefix: &str) {
+    let p = prefix.to_owned();
+    let names: Vec<String> = tokio::task::spawn_blocking(move || {
+        let md = admin()
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(30))
+            .expect("metadata");
+        md.topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .filter(|n| n.starts_with(&p))
+            .collect()
+    })
+    .await
+    .expect("metadata task");
+    for chunk in names.chunks(100) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let _ = admin().delete_topics(&refs, &AdminOptions::new()).await;
+    }
 }
 
 /// A set of benchmark topics, removed again by [`Layout::delete`].

@@ -35,8 +35,10 @@ pub struct Server {
     extra: String,
 }
 
-/// One SSE event: its `event:` name and parsed `data:`.
-pub type Events = std::pin::Pin<Box<dyn futures::Stream<Item = (String, Value)> + Send>>;
+/// SSE events: the `event:` name, the `id:` and the `data:` text (parsed only by figures that
+/// need a field, as the raw consumers do).
+pub type Events =
+    std::pin::Pin<Box<dyn futures::Stream<Item = (String, Option<i64>, String)> + Send>>;
 
 impl Server {
     /// Starts the binary with `extra` TOML appended to the bench settings, and waits for `/readyz`.
@@ -193,17 +195,12 @@ level = "info"
         (started.elapsed(), next)
     }
 
-    /// Waits for retention (2 s in the bench settings) to delete the topics of the streams that
-    /// ended, so a run does not leave thousands of topics on the broker, then stops the server.
-    pub async fn retire(self) {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        self.stop().await;
-    }
-
-    /// Stops the server (SIGKILL: nothing it holds is needed afterwards).
+    /// Stops the server (SIGKILL: nothing it holds is needed afterwards) and deletes its topics,
+    /// so a run does not leave thousands of topics on the broker.
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+        crate::raw::delete_prefixed(&self.prefix).await;
     }
 }
 
@@ -237,10 +234,7 @@ pub async fn sse(http: &reqwest::Client, base: &str, id: &str, after: Option<i64
             .eventsource()
             .filter_map(|e| async move {
                 let e = e.ok()?;
-                Some((
-                    e.event,
-                    serde_json::from_str(&e.data).unwrap_or(Value::Null),
-                ))
+                Some((e.event, e.id.parse().ok(), e.data))
             }),
     )
 }
