@@ -201,9 +201,40 @@ impl Journal {
             };
             self.create_batch(batch).await;
         };
+        if res.is_ok() {
+            self.learn_topic(id, &topic).await;
+        }
         self.metrics
             .topic_created(&topic, started.elapsed(), res.is_ok());
         res
+    }
+
+    /// Has the stream's producer handle learn the new topic's leader now, so the first event does
+    /// not wait for librdkafka's own metadata retry (100 ms and more). Gives up quietly after
+    /// `operation_timeout`: the producer then finds the leader itself.
+    async fn learn_topic(&self, id: &StreamId, topic: &str) {
+        let client = self.shard(id.as_str()).clone();
+        let topic = topic.to_owned();
+        let deadline = Instant::now() + self.settings.operation_timeout;
+        let _ = tokio::task::spawn_blocking(move || {
+            while Instant::now() < deadline {
+                let known = client
+                    .client()
+                    .fetch_metadata(Some(&topic), Timeout::After(Duration::from_secs(1)))
+                    .is_ok_and(|m| {
+                        m.topics().iter().any(|t| {
+                            t.name() == topic
+                                && t.error().is_none()
+                                && t.partitions().first().is_some_and(|p| p.leader() >= 0)
+                        })
+                    });
+                if known {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+        .await;
     }
 
     async fn create_batch(&self, batch: Vec<PendingCreate>) {

@@ -2,13 +2,15 @@
 //! a stream topic by manual assignment (no consumer group).
 //!
 //! Reads are done in bounded batches, and a consumer is returned to the pool between batches, so a
-//! slow client never holds a Kafka client hostage. This module does not know about clients or the
+//! slow client never holds a Kafka client hostage. A consumer stays assigned where its last batch
+//! ended, and the next batch that starts there takes it back: a subscriber catching up through many
+//! batches pays for one assignment, and reads what the consumer already prefetched. This module does not know about clients or the
 //! live hub; the subscription merges replayed and live events.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
@@ -54,9 +56,16 @@ pub struct Watermarks {
     pub high: i64,
 }
 
+/// An idle replay consumer, and where its assignment stands: the topic and the offset its next
+/// message has.
+struct Idle {
+    consumer: Arc<BaseConsumer>,
+    at: Option<(String, i64)>,
+}
+
 /// The pool of replay consumers. Cheap to share behind an `Arc`.
 pub struct Reader {
-    idle: Mutex<Vec<Arc<StreamConsumer>>>,
+    idle: Mutex<Vec<Idle>>,
     permits: Semaphore,
     metadata: Arc<BaseConsumer>,
     settings: KafkaSettings,
@@ -94,25 +103,43 @@ impl Reader {
         })
     }
 
-    fn consumer(&self) -> Result<Arc<StreamConsumer>, Error> {
-        if let Some(c) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok(c);
+    /// An idle consumer positioned at `from` in `topic` if there is one (true), else any idle
+    /// or new consumer, to be assigned (false).
+    fn consumer(&self, topic: &str, from: i64) -> Result<(Arc<BaseConsumer>, bool), Error> {
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let here = idle
+                .iter()
+                .position(|c| c.at.as_ref().is_some_and(|(t, o)| t == topic && *o == from));
+            if let Some(i) = here {
+                return Ok((idle.swap_remove(i).consumer, true));
+            }
+            // Prefer one that is not positioned, so positioned ones wait for their next batch.
+            idle.sort_by_key(|c| c.at.is_none());
+            if let Some(c) = idle.pop() {
+                return Ok((c.consumer, false));
+            }
         }
-        let c: StreamConsumer = client_config(&self.settings)
+        let c: BaseConsumer = client_config(&self.settings)
             .set("group.id", "sluice-replay")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "50")
+            .set("fetch.wait.max.ms", "10")
             .set("auto.offset.reset", "earliest")
+            // Prefetch for the batch that continues where this one ends, within bounds.
+            .set("queued.max.messages.kbytes", "8192")
+            .set("fetch.queue.backoff.ms", "5")
             .create()
             .map_err(Error::Client)?;
-        Ok(Arc::new(c))
+        Ok((Arc::new(c), false))
     }
 
-    fn give_back(&self, c: Arc<StreamConsumer>) {
-        let _ = c.unassign();
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+    fn give_back(&self, consumer: Arc<BaseConsumer>, at: Option<(String, i64)>) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Idle { consumer, at });
     }
 
     /// The topic's retained offset range. When the client's metadata cache does not know the topic
@@ -177,54 +204,82 @@ impl Reader {
             topic: topic.to_owned(),
             source: KafkaError::Canceled,
         })?;
-        let consumer = self.consumer()?;
-        let res = self.read_with(&consumer, topic, from, until).await;
-        self.give_back(consumer);
-        res
+        let (consumer, positioned) = self.consumer(topic, from)?;
+        // A blocking poll on a dedicated thread: it sleeps on librdkafka's own queue, so no wake-up
+        // between Kafka's threads and the runtime can be missed, and a batch costs one hop.
+        let (c, t, timeout) = (
+            consumer.clone(),
+            topic.to_owned(),
+            self.settings.operation_timeout,
+        );
+        let res = tokio::task::spawn_blocking(move || {
+            read_with(&c, &t, from, until, positioned, timeout)
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Read {
+                topic: topic.to_owned(),
+                source: KafkaError::Canceled,
+            })
+        });
+        let at = res.as_ref().ok().map(|(_, next)| (topic.to_owned(), *next));
+        self.give_back(consumer, at);
+        res.map(|(events, _)| events)
     }
+}
 
-    async fn read_with(
-        &self,
-        consumer: &StreamConsumer,
-        topic: &str,
-        from: i64,
-        until: i64,
-    ) -> Result<Vec<StoredEvent>, Error> {
+/// Reads `[from, until)` (at most [`BATCH`] events) with `consumer`, assigning it first unless it
+/// is `positioned` there; returns the events and the offset the consumer's next message has.
+fn read_with(
+    consumer: &BaseConsumer,
+    topic: &str,
+    from: i64,
+    until: i64,
+    positioned: bool,
+    timeout: Duration,
+) -> Result<(Vec<StoredEvent>, i64), Error> {
+    if !positioned {
+        // Ask for the topic's metadata first: a consumer meeting a stream topic for the first time
+        // would otherwise wait for librdkafka's own metadata refresh (hundreds of ms) to fetch.
+        consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| map_err(topic, e))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, 0, Offset::Offset(from))
             .map_err(|e| map_err(topic, e))?;
         consumer.assign(&tpl).map_err(|e| map_err(topic, e))?;
-        let want = ((until - from) as usize).min(BATCH);
-        let mut out = Vec::with_capacity(want);
-        let mut next = from;
-        let timeout: Duration = self.settings.operation_timeout;
-        while out.len() < want && next < until {
-            let msg = match tokio::time::timeout(timeout, consumer.recv()).await {
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        topic: topic.to_owned(),
-                        offset: next,
-                    })
-                }
-                Ok(Err(e)) => return Err(map_err(topic, e)),
-                Ok(Ok(m)) => m,
-            };
-            if msg.topic() != topic || msg.offset() < next {
-                continue;
-            }
-            next = msg.offset() + 1;
-            let parsed = msg
-                .payload()
-                .and_then(|p| StoredEvent::parse(msg.offset(), p));
-            match parsed {
-                Some(ev) => out.push(ev),
-                None => tracing::warn!(
-                    topic,
-                    offset = msg.offset(),
-                    "skipping undecodable stream event"
-                ),
-            }
-        }
-        Ok(out)
     }
+    let want = ((until - from) as usize).min(BATCH);
+    let mut out = Vec::with_capacity(want);
+    let mut next = from;
+    let deadline = std::time::Instant::now() + timeout;
+    while out.len() < want && next < until {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let msg = match consumer.poll(left) {
+            None => {
+                return Err(Error::Timeout {
+                    topic: topic.to_owned(),
+                    offset: next,
+                })
+            }
+            Some(Err(e)) => return Err(map_err(topic, e)),
+            Some(Ok(m)) => m,
+        };
+        if msg.topic() != topic || msg.offset() < next {
+            continue;
+        }
+        next = msg.offset() + 1;
+        let parsed = msg
+            .payload()
+            .and_then(|p| StoredEvent::parse(msg.offset(), p));
+        match parsed {
+            Some(ev) => out.push(ev),
+            None => tracing::warn!(
+                topic,
+                offset = msg.offset(),
+                "skipping undecodable stream event"
+            ),
+        }
+    }
+    Ok((out, next))
 }

@@ -98,7 +98,7 @@ pub struct Metrics {
     edge_connections: IntGaugeVec,
     edge_events_sent: IntCounterVec,
     edge_rejected: IntCounterVec,
-    replayed_events: IntCounter,
+    replayed_events: IntCounterVec,
     streams_resumed: IntCounterVec,
     stream_topics: IntGauge,
     streams_swept: IntCounter,
@@ -205,9 +205,10 @@ impl Metrics {
                 "Edge requests and frames refused, by reason.",
                 &["reason"],
             )?,
-            replayed_events: IntCounter::new(
+            replayed_events: counter_vec(
                 names::REPLAYED_EVENTS,
-                "Events read back from stream topics for subscribers.",
+                "Events replayed to subscribers, by source: memory (a running stream's recent window) or kafka.",
+                &["source"],
             )?,
             streams_resumed: counter_vec(
                 names::STREAMS_RESUMED,
@@ -422,7 +423,14 @@ impl Metrics {
 
     /// `n` events were replayed from Kafka.
     pub fn replayed(&self, n: u64) {
-        self.replayed_events.inc_by(n);
+        self.replayed_events.with_label_values(&["kafka"]).inc_by(n);
+    }
+
+    /// `n` events were replayed from a running stream's recent window in memory.
+    pub fn replayed_from_memory(&self, n: u64) {
+        self.replayed_events
+            .with_label_values(&["memory"])
+            .inc_by(n);
     }
 
     /// A stream was resumed after a restart.

@@ -6,7 +6,7 @@
 //! a client something Kafka does not hold. Heartbeats pass through the hub only. The hub does not
 //! replay; a subscriber that falls behind is told it lagged and re-reads from Kafka.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -18,6 +18,9 @@ use crate::event::{Envelope, EventType, State};
 
 /// Capacity of each stream's broadcast ring; slower subscribers lag and re-read from Kafka.
 pub const LIVE_CAPACITY: usize = 256;
+/// Newest events of a running stream kept for subscribers that join or fall behind: a replay
+/// within them is served from memory, shared by every subscriber, instead of from Kafka.
+pub const RECENT_CAPACITY: usize = 256;
 /// Capacity of the all-streams feed; a subscriber further behind is told it lagged.
 pub const FEED_CAPACITY: usize = 4096;
 
@@ -128,6 +131,7 @@ pub enum Live {
 /// A stream running on this process.
 pub struct LiveStream {
     tx: broadcast::Sender<Live>,
+    recent: Mutex<VecDeque<Arc<StoredEvent>>>,
     feed: broadcast::Sender<FeedItem>,
     cancel: CancellationToken,
     chunks: AtomicU64,
@@ -151,6 +155,13 @@ impl LiveStream {
     /// Sends to current subscribers; having none is fine.
     pub fn publish(&self, live: Live) {
         if let Live::Event(e) = &live {
+            {
+                let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                if recent.len() == RECENT_CAPACITY {
+                    recent.pop_front();
+                }
+                recent.push_back(e.clone());
+            }
             self.last_offset.store(e.offset, Ordering::Release);
             if e.state == State::Stream {
                 self.chunks.fetch_add(1, Ordering::Relaxed);
@@ -166,6 +177,23 @@ impl LiveStream {
             });
         }
         let _ = self.tx.send(live);
+    }
+
+    /// The published events with offsets in `[from, until)`, if the recent window reaches back to
+    /// `from` (`None` when replay has to read Kafka). May end before `until`: events not yet
+    /// published are not in it.
+    pub fn recent(&self, from: i64, until: i64) -> Option<Vec<Arc<StoredEvent>>> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.front().is_none_or(|e| e.offset > from) {
+            return None;
+        }
+        Some(
+            recent
+                .iter()
+                .filter(|e| e.offset >= from && e.offset < until)
+                .cloned()
+                .collect(),
+        )
     }
 
     /// The client-cancel switch of this stream.
@@ -259,6 +287,7 @@ impl Hub {
         let (tx, _) = broadcast::channel(LIVE_CAPACITY);
         let live = Arc::new(LiveStream {
             tx,
+            recent: Mutex::new(VecDeque::new()),
             feed: self.inner.feed.clone(),
             cancel: CancellationToken::new(),
             chunks: AtomicU64::new(0),
@@ -330,6 +359,40 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_window_serves_the_newest_events_only() {
+        let hub = Hub::new();
+        let s = hub.register("w").unwrap();
+        for offset in 0..300i64 {
+            let env = Envelope {
+                event_type: "demo:stream_ticks:v1:stream".into(),
+                id: None,
+                stream_id: Some("w".into()),
+                seq: Some(offset as u64),
+                payload: serde_json::json!({"n": offset}),
+                metadata: None,
+                time: None,
+            };
+            s.publish(Live::Event(Arc::new(
+                StoredEvent::new(offset, env).unwrap(),
+            )));
+        }
+        let oldest = 300 - RECENT_CAPACITY as i64;
+        assert!(s.recent(oldest - 1, 300).is_none(), "evicted: read Kafka");
+        let got: Vec<i64> = s
+            .recent(100, 110)
+            .unwrap()
+            .iter()
+            .map(|e| e.offset)
+            .collect();
+        assert_eq!(got, (100..110).collect::<Vec<_>>());
+        assert_eq!(s.recent(oldest, 400).unwrap().len(), RECENT_CAPACITY);
+        assert!(
+            s.recent(300, 400).unwrap().is_empty(),
+            "nothing published yet"
+        );
+    }
 
     #[test]
     fn stored_bytes_get_the_id_spliced_in() {

@@ -209,9 +209,23 @@ impl Pump {
         Ok(())
     }
 
-    /// Replays `[next, until)` from Kafka.
+    /// Replays `[next, until)`: from the stream's recent window in memory while it reaches back
+    /// far enough, otherwise from Kafka.
     async fn replay(&mut self, until: i64) -> Result<(), Done> {
         while self.next < until {
+            let recent = self
+                .subs
+                .hub
+                .get(self.id.as_str())
+                .and_then(|s| s.recent(self.next, until))
+                .filter(|events| !events.is_empty());
+            if let Some(events) = recent {
+                self.subs.metrics.replayed_from_memory(events.len() as u64);
+                for ev in events {
+                    self.deliver(ev).await?;
+                }
+                continue;
+            }
             let batch = match self.subs.reader.read(&self.topic, self.next, until).await {
                 Ok(b) => b,
                 Err(e) => {
