@@ -201,7 +201,14 @@ impl App {
         let intake = tasks.spawn(self.intake.run(intake_stop.clone()));
         tasks.spawn(self.sweeper.run(intake_stop.clone()));
         let edge_stop = self.edge_stop.clone();
-        let server = axum::serve(self.listener, edge::router(self.edge.clone()))
+        // Events are small writes that must leave at once: no Nagle delay (which, against a
+        // client's delayed ACK, holds an event back for up to 40 ms).
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
+        let server = axum::serve(listener, edge::router(self.edge.clone()))
             .with_graceful_shutdown(edge_stop.clone().cancelled_owned());
         let server = tasks.spawn(async move { server.await });
         let grpc = tasks.spawn(self.grpc.serve(edge_stop.clone()));

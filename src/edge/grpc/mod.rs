@@ -162,10 +162,24 @@ impl GrpcServer {
             .add_service(health)
             .add_service(reflection)
             .add_service(InterceptedService::new(streams, auth))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), on_stop)
+            .serve_with_incoming_shutdown(incoming(self.listener), on_stop)
             .await?;
         Ok(())
     }
+}
+
+/// Accepted connections with `TCP_NODELAY` set (tonic ignores its own setting for an incoming
+/// stream): each event leaves at once instead of waiting on Nagle and the client's delayed ACK.
+fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::StreamExt::map(TcpListenerStream::new(listener), |accepted| {
+        accepted.inspect(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        })
+    })
 }
 
 #[cfg(test)]
