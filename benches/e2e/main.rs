@@ -43,7 +43,7 @@ struct Scale {
 const FULL: Scale = Scale {
     repeats: 3,
     raw_total: 200_000,
-    single_chunks: 50_000,
+    single_chunks: 200_000,
     s1: (50, 2_000),
     layouts: &[1_000],
     s2: (1_000, 10),
