@@ -408,6 +408,11 @@ async fn main() {
         only,
         figures: Vec::new(),
     };
+    // A run that was interrupted leaves its topics behind; thousands of them slow the broker down.
+    let left = raw::delete_prefixed("bench.").await;
+    if left > 0 {
+        eprintln!("e2e: deleted {left} topics an earlier run left behind");
+    }
     for rep in 0..bench.scale.repeats {
         eprintln!("e2e: repeat {} of {}", rep + 1, bench.scale.repeats);
         bench.throughput().await;

@@ -64,8 +64,9 @@ fn admin() -> &'static AdminClient<DefaultClientContext> {
     })
 }
 
-/// Deletes every topic whose name starts with `prefix` (what a stopped server left behind).
-pub async fn delete_prefixed(prefix: &str) {
+/// Deletes every topic whose name starts with `prefix` (what a stopped server left behind);
+/// returns how many there were.
+pub async fn delete_prefixed(prefix: &str) -> usize {
     let p = prefix.to_owned();
     let names: Vec<String> = tokio::task::spawn_blocking(move || {
         let md = admin()
@@ -84,6 +85,7 @@ pub async fn delete_prefixed(prefix: &str) {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
         let _ = admin().delete_topics(&refs, &AdminOptions::new()).await;
     }
+    names.len()
 }
 
 /// A set of benchmark topics, removed again by [`Layout::delete`].

@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn every_zero_that_would_panic_or_spin_is_refused_by_key() {
         type Set = fn(&mut Settings);
-        let cases: [(&str, Set); 16] = [
+        let cases: [(&str, Set); 17] = [
             ("edge.sse_retry", |s| s.edge.sse_retry = Duration::ZERO),
             ("grpc.max_event_types", |s| s.grpc.max_event_types = 0),
             ("edge.cors_allowed_origins", |s| {
