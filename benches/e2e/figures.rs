@@ -97,7 +97,7 @@ impl Run {
             return String::new();
         }
         format!(
-            "; {} responses ended early and were resumed, {} streams unfinished",
+            "; a repeat: {} responses resumed, {} streams unfinished",
             self.reconnects, self.unfinished
         )
     }

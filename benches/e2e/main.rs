@@ -307,8 +307,11 @@ impl Bench {
                     .against(format!("raw, {n} topics, same rate"))
                     .target(Target::RatioAtLeast(0.8))
                     .rate(offered)
-                    .params(format!("{} of {} chunks delivered", v.chunks, v.expected)),
+                    .params("chunks delivered per repeat:"),
                 );
+                self.figures[j]
+                    .params
+                    .push_str(&format!(" {}/{}", v.chunks, v.expected));
                 self.figures[j].value.push(v.rate());
                 self.figures[j].baseline.push(b_rate);
             }

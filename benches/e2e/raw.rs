@@ -210,6 +210,23 @@ impl Layout {
     }
 }
 
+/// Deliveries waiting for their acknowledgement.
+type Acks = futures::stream::FuturesUnordered<rdkafka::producer::DeliveryFuture>;
+
+/// Enqueues `rec`; while the producer's queue is full, waits for a delivery and tries again
+/// (a late message keeps whatever stamp it carries, so the delay shows in its latency).
+async fn enqueue(p: &FutureProducer, acks: &mut Acks, mut rec: FutureRecord<'_, str, [u8]>) {
+    loop {
+        match p.send_result(rec) {
+            Ok(f) => return acks.push(f),
+            Err((_, back)) => {
+                rec = back;
+                acks.next().await;
+            }
+        }
+    }
+}
+
 /// [`throughput`] over a fresh layout of `n` streams, deleted afterwards.
 pub async fn measure(n: usize, keyed: bool, total: u64) -> f64 {
     let layout = Layout::create(n, keyed).await;
@@ -238,22 +255,11 @@ pub async fn throughput(layout: &Layout, total: u64) -> f64 {
             got += 1;
         }
     });
-    let mut acks = futures::stream::FuturesUnordered::new();
+    let mut acks = Acks::new();
     for k in 0..total {
         let i = (k % n as u64) as usize;
-        let mut rec = layout.record(i, &payloads[(k / n as u64 % 64) as usize]);
-        loop {
-            match p.send_result(rec) {
-                Ok(f) => {
-                    acks.push(f);
-                    break;
-                }
-                Err((_, back)) => {
-                    rec = back;
-                    acks.next().await;
-                }
-            }
-        }
+        let rec = layout.record(i, &payloads[(k / n as u64 % 64) as usize]);
+        enqueue(&p, &mut acks, rec).await;
     }
     while acks.next().await.is_some() {}
     reader.await.expect("reader");
@@ -289,7 +295,7 @@ pub async fn open_loop(layout: &Layout, rate: u64, secs: u64) -> (f64, Histogram
     });
     let start = Instant::now();
     let start_us = micros_now();
-    let mut acks = futures::stream::FuturesUnordered::new();
+    let mut acks = Acks::new();
     let mut seq: HashMap<usize, u64> = HashMap::new();
     for k in 0..total {
         let due = Duration::from_nanos(k * 1_000_000_000 / (n * rate));
@@ -298,18 +304,8 @@ pub async fn open_loop(layout: &Layout, rate: u64, secs: u64) -> (f64, Histogram
         let s = seq.entry(i).or_insert(0);
         *s += 1;
         let bytes = envelope(&layout.keys[i], *s, start_us + due.as_micros() as i64);
-        let mut rec = layout.record(i, &bytes);
-        // A full queue means the producer is behind schedule: wait for deliveries and go on,
-        // keeping the chunk's scheduled stamp, so the delay shows in the latency.
-        loop {
-            match p.send_result(rec) {
-                Ok(f) => break acks.push(f),
-                Err((_, back)) => {
-                    rec = back;
-                    acks.next().await;
-                }
-            }
-        }
+        // A full queue means the producer is behind schedule: the chunk keeps its stamp.
+        enqueue(&p, &mut acks, layout.record(i, &bytes)).await;
         while let Some(Some(_)) = futures::FutureExt::now_or_never(acks.next()) {}
     }
     while acks.next().await.is_some() {}
@@ -321,19 +317,10 @@ pub async fn open_loop(layout: &Layout, rate: u64, secs: u64) -> (f64, Histogram
 pub async fn replay(total: u64) -> f64 {
     let layout = Layout::create(1, false).await;
     let p = producer();
-    let mut acks = futures::stream::FuturesUnordered::new();
+    let mut acks = Acks::new();
     for s in 1..=total {
         let bytes = envelope(&layout.keys[0], s, micros_now());
-        let mut rec = layout.record(0, &bytes);
-        loop {
-            match p.send_result(rec) {
-                Ok(f) => break acks.push(f),
-                Err((_, back)) => {
-                    rec = back;
-                    acks.next().await;
-                }
-            }
-        }
+        enqueue(&p, &mut acks, layout.record(0, &bytes)).await;
         if acks.len() > 10_000 {
             acks.next().await;
         }
