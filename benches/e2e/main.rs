@@ -371,7 +371,9 @@ impl Bench {
                 )),
         );
         self.figures[i].value.push(kib);
-        let _ = (before, after);
+        self.figures[i]
+            .params
+            .push_str(&format!("; a repeat: RSS {before} → {after} KiB"));
     }
 }
 

@@ -28,8 +28,8 @@ pub struct Server {
     pub base: String,
     /// Its intake topic.
     pub intake: String,
-    /// Its stream topic prefix.
-    pub prefix: String,
+    /// The tag its topic and group names carry.
+    tag: String,
     http: reqwest::Client,
     dir: tempfile::TempDir,
     extra: String,
@@ -111,7 +111,7 @@ level = "info"
             child,
             base,
             intake: format!("bench.{t}.requests"),
-            prefix: format!("bench.{t}."),
+            tag: t.to_owned(),
             http,
             dir,
             extra: extra.to_owned(),
@@ -181,17 +181,13 @@ level = "info"
 
     /// SIGTERM, wait for exit, and start again on the same store and topics.
     pub async fn restart(mut self) -> (Duration, Server) {
-        let pid = self.pid() as i32;
-        // SAFETY: sending a signal to our own child.
-        unsafe { libc_kill(pid, 15) };
+        let term = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        assert!(term.is_ok_and(|s| s.success()), "SIGTERM sent");
         let _ = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
-        let t = self
-            .prefix
-            .trim_start_matches("bench.")
-            .trim_end_matches('.');
-        let t = t.to_owned();
         let started = std::time::Instant::now();
-        let next = Server::start_in(self.dir, &self.extra, &t).await;
+        let next = Server::start_in(self.dir, &self.extra, &self.tag).await;
         (started.elapsed(), next)
     }
 
@@ -200,13 +196,8 @@ level = "info"
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
-        crate::raw::delete_prefixed(&self.prefix).await;
+        crate::raw::delete_prefixed(&format!("bench.{}.", self.tag)).await;
     }
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 /// Resident memory of a process, KiB.
