@@ -145,6 +145,15 @@ impl App {
             grpc: settings.grpc.clone(),
             intake_assigned: intake.assigned_flag(),
             budget,
+            auth: Arc::new(
+                edge::auth::Authenticator::new(&settings.edge, &settings.auth)
+                    .context("auth keys")?,
+            ),
+            limits: settings.limits.clone(),
+            gate: Arc::new(edge::limits::Gate::new(&settings.limits)),
+            rate: edge::limits::RequestRate::new(&settings.limits),
+            subscribers: edge::limits::Slots::new(settings.limits.max_subscribers_per_stream),
+            pending: edge::access::PendingOwners::default(),
         });
         let listener = TcpListener::bind(settings.http.listen)
             .await
@@ -201,16 +210,19 @@ impl App {
         let intake = tasks.spawn(self.intake.run(intake_stop.clone()));
         tasks.spawn(self.sweeper.run(intake_stop.clone()));
         let edge_stop = self.edge_stop.clone();
-        // Events are small writes that must leave at once: no Nagle delay (which, against a
-        // client's delayed ACK, holds an event back for up to 40 ms).
-        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set");
-            }
-        });
-        let server = axum::serve(listener, edge::router(self.edge.clone()))
-            .with_graceful_shutdown(edge_stop.clone().cancelled_owned());
-        let server = tasks.spawn(async move { server.await });
+        let server = tasks.spawn(edge::serve::run(
+            self.listener,
+            edge::router(self.edge.clone()),
+            self.edge.clone(),
+            edge_stop.clone(),
+        ));
+        tasks.spawn(
+            self.edge
+                .auth
+                .clone()
+                .watch(self.edge.metrics.clone(), edge_stop.clone()),
+        );
+        tasks.spawn(sweep_request_rates(self.edge.clone(), edge_stop.clone()));
         let grpc = tasks.spawn(self.grpc.serve(edge_stop.clone()));
         tasks.close();
 
@@ -254,6 +266,18 @@ impl App {
         tasks.wait().await;
         tracing::info!("shutdown complete");
         Ok(())
+    }
+}
+
+/// Forgets idle request-rate buckets every few seconds, so the table holds only active callers.
+async fn sweep_request_rates(edge: Arc<EdgeState>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => edge.rate.sweep(),
+        }
     }
 }
 

@@ -51,7 +51,7 @@ async fn every_refusal_has_its_grpc_code_and_api_reason() {
     expect_refusal(
         anonymous.request(demo(1, 1)).await,
         Code::Unauthenticated,
-        "unauthorized",
+        "missing_token",
         401,
     );
     let wrong = bearer("nope");
@@ -67,7 +67,7 @@ async fn every_refusal_has_its_grpc_code_and_api_reason() {
             })
             .await,
         Code::Unauthenticated,
-        "unauthorized",
+        "invalid_token",
         401,
     );
 
@@ -274,7 +274,8 @@ async fn every_refusal_has_its_grpc_code_and_api_reason() {
     // Each refusal was counted like an HTTP one.
     let metrics = app.metrics_text().await;
     for reason in [
-        "unauthorized",
+        "missing_token",
+        "invalid_token",
         "unknown_handler",
         "invalid_subscription",
         "stream_capacity",

@@ -221,7 +221,7 @@ async fn the_console_is_served_with_a_strict_policy_and_its_api_calls_need_the_t
     let list = get(&app, "/v1/streams", &[]).await;
     assert_eq!(list.status(), 401);
     let body: Value = list.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "unauthorized");
+    assert_eq!(body["error"]["code"], "missing_token");
     let ok = get(
         &app,
         "/v1/streams",

@@ -4,12 +4,13 @@
 use axum::body::{to_bytes, Body};
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use super::access::{authorize, Caller};
 use super::{parse_id, ApiError, Shared};
 use crate::event::StreamId;
 use crate::store::{Cursor, ListQuery, StreamRecord, StreamState};
@@ -29,12 +30,16 @@ fn links(id: &StreamId) -> serde_json::Value {
 }
 
 /// `POST /v1/streams`: 202 with the stream id and URLs; 200 if the id already exists.
-pub async fn create(State(state): State<Shared>, body: Body) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let limit = state.intake.max_request_bytes;
     let bytes = to_bytes(body, limit).await.map_err(|_| {
         ApiError::PayloadTooLarge(format!("request body is over the limit of {limit} bytes"))
     })?;
-    let (id, existed) = state.submit(&bytes).await?;
+    let (id, existed) = state.submit(&bytes, &caller).await?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -47,9 +52,11 @@ pub async fn create(State(state): State<Shared>, body: Body) -> Result<Response,
 /// `GET /v1/streams/{id}`: the stream's recorded state, with live progress if it runs here.
 pub async fn status(
     State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
+    authorize(&state, &caller.identity, &id).await?;
     let record = lookup(&state, &id).await?;
     Ok(Json(summary(&state, &record, true)).into_response())
 }
@@ -121,15 +128,20 @@ pub fn summary(state: &Shared, record: &StreamRecord, full: bool) -> serde_json:
 }
 
 /// `GET /v1/streams?state=&type=&created_after=&limit=&cursor=`: streams newest first, one page.
+/// A caller that is not an administrator sees only the streams it may read, so a page may hold
+/// fewer than `limit` streams while `next_cursor` still leads on.
 pub async fn list(
     State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let query = list_query(&params)?;
     let page = state.store.list(query).await?;
+    let who = &caller.identity;
     let streams: Vec<_> = page
         .records
         .iter()
+        .filter(|r| who.may_access(&r.stream_id, r.request.owner.as_deref()))
         .map(|r| summary(&state, r, false))
         .collect();
     let body = json!({
@@ -204,9 +216,11 @@ fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiError> {
 /// `DELETE /v1/streams/{id}`: asks a running stream to cancel; it ends with a `cancelled` event.
 pub async fn cancel(
     State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
+    authorize(&state, &caller.identity, &id).await?;
     cancel_stream(&state, &id).await?;
     let body = json!({"stream_id": id.as_str(), "status": "cancelling"});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())

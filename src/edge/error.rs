@@ -20,9 +20,31 @@ pub enum ApiError {
         /// Details for the client.
         message: String,
     },
-    /// Missing or wrong bearer token.
-    #[error("missing or invalid bearer token")]
-    Unauthorized,
+    /// Missing or invalid bearer token; the code says which check failed.
+    #[error("{}", unauthorized_message(.0))]
+    Unauthorized(&'static str),
+    /// The caller's token does not grant this stream or type. Unknown streams the caller could
+    /// not read anyway answer the same, so ids cannot be probed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Over a per-client limit; retry after the given seconds.
+    #[error("{message}")]
+    TooMany {
+        /// Bounded code.
+        code: &'static str,
+        /// Details.
+        message: String,
+        /// Seconds until a retry may succeed (`Retry-After`).
+        retry_after: u64,
+    },
+    /// Over a server-wide or per-stream limit.
+    #[error("{message}")]
+    Overloaded {
+        /// Bounded code.
+        code: &'static str,
+        /// Details.
+        message: String,
+    },
     /// No such stream.
     #[error("{0}")]
     NotFound(String),
@@ -72,7 +94,10 @@ impl ApiError {
             ApiError::BadRequest { code, .. }
             | ApiError::Conflict { code, .. }
             | ApiError::Unprocessable { code, .. } => code,
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized(code)
+            | ApiError::TooMany { code, .. }
+            | ApiError::Overloaded { code, .. } => code,
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Gone(_) => "gone",
             ApiError::PayloadTooLarge(_) => "too_large",
@@ -85,7 +110,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -113,6 +141,15 @@ impl From<RequestError> for ApiError {
     }
 }
 
+impl From<sluice_wire::frames::FrameError> for ApiError {
+    fn from(e: sluice_wire::frames::FrameError) -> Self {
+        ApiError::BadRequest {
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
 impl From<subscription::Error> for ApiError {
     fn from(e: subscription::Error) -> Self {
         match e {
@@ -133,14 +170,40 @@ impl From<crate::store::Error> for ApiError {
     }
 }
 
+fn unauthorized_message(code: &str) -> String {
+    match code {
+        "missing_token" => "a bearer token is required".into(),
+        "invalid_token" => "the bearer token is not valid here".into(),
+        other => format!("the bearer token was refused ({other})"),
+    }
+}
+
+impl ApiError {
+    /// The `Retry-After` seconds of a limit refusal.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::TooMany { retry_after, .. } => Some(*retry_after),
+            ApiError::Overloaded { .. } | ApiError::Capacity(_) => Some(1),
+            _ => None,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        use axum::http::{header, HeaderValue};
         let mut resp = (self.status(), Json(self.body())).into_response();
-        if self.status() == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
+        if let ApiError::Unauthorized(code) = &self {
+            let value = if *code == "missing_token" {
+                HeaderValue::from_static("Bearer")
+            } else {
+                HeaderValue::from_static("Bearer error=\"invalid_token\"")
+            };
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        }
+        if let Some(secs) = self.retry_after() {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp.extensions_mut().insert(Rejection {
             code: self.code(),

@@ -1,13 +1,19 @@
-//! The HTTP edge (axum): routes, shared state, bearer-token authentication, rejection counting,
-//! `/metrics` and the health endpoints. Transports live in `sse` and `ws`, the stream API in `api`.
+//! The HTTP edge (axum): routes, shared state, the authentication middleware, rejection counting,
+//! `/metrics` and the health endpoints. Transports live in `sse` and `ws`, the stream API in `api`,
+//! token verification in `auth`, authorisation in `access`, abuse limits in `limits` and the
+//! connection-level server (accept, header timeout, connection caps) in `serve`.
 //!
 //! The edge never writes stream topics; it produces requests to the intake topic and reads streams
 //! through subscriptions.
 
+pub mod access;
 mod api;
+pub mod auth;
 mod console;
 mod error;
 pub mod grpc;
+pub mod limits;
+pub mod serve;
 mod sse;
 mod ws;
 
@@ -15,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -29,7 +35,7 @@ use crate::event::{Request as StreamRequest, StreamId};
 use crate::handlers::Registry;
 use crate::kafka::producer::Journal;
 use crate::metrics::Metrics;
-use crate::settings::{EdgeSettings, GrpcSettings, IntakeSettings};
+use crate::settings::{EdgeSettings, GrpcSettings, IntakeSettings, LimitsSettings};
 use crate::store::Store;
 use crate::stream::hub::Hub;
 use crate::stream::subscription::Subscriptions;
@@ -58,6 +64,18 @@ pub struct EdgeState {
     pub intake_assigned: Arc<AtomicBool>,
     /// The cap on live stream topics.
     pub budget: Arc<crate::retention::TopicBudget>,
+    /// Token verification.
+    pub auth: Arc<auth::Authenticator>,
+    /// `[limits]` settings.
+    pub limits: LimitsSettings,
+    /// The connection caps, shared by the HTTP and gRPC listeners.
+    pub gate: Arc<limits::Gate>,
+    /// Stream requests per identity.
+    pub rate: limits::RequestRate,
+    /// Live subscribers per stream.
+    pub subscribers: limits::Slots<String>,
+    /// Owners of streams requested here and not yet recorded.
+    pub pending: access::PendingOwners,
 }
 
 /// The event name of the history-lost notice (SSE `event:`, gRPC and WebSocket `type`).
@@ -74,12 +92,20 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/streams/{id}/events", get(sse::events))
         .route("/ws", get(ws::upgrade))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    let router = Router::new()
+    let operator = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
+        .route_layer(middleware::from_fn_with_state(state.clone(), operator_only));
+    let router = Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(operator)
         .merge(api)
         .merge(console::routes())
+        // Bounds the time to a response head: an SSE or WebSocket body runs on after it.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            state.limits.request_timeout,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_rejections,
@@ -145,42 +171,54 @@ async fn ready(State(state): State<Shared>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Token from `Authorization: Bearer …` or, for browsers' EventSource and WebSocket, `?access_token=`.
-fn presented_token(req: &Request) -> Option<String> {
-    if let Some(v) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        return v.strip_prefix("Bearer ").map(str::to_owned);
+/// The bearer token of a request: `Authorization: Bearer …` or, for browsers' `EventSource` and
+/// WebSocket, which cannot set headers, a percent-encoded `?access_token=`.
+pub fn presented_token(req: &Request) -> Option<String> {
+    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+        return bearer(v.to_str().ok()?).map(str::to_owned);
     }
     req.uri().query().and_then(|q| {
         q.split('&')
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| *k == "access_token")
-            .map(|(_, v)| v.to_owned())
+            .map(|(_, v)| {
+                let plus_as_space = v.replace('+', " ");
+                percent_encoding::percent_decode_str(&plus_as_space)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
     })
 }
 
-async fn authenticate(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    let tokens = &state.edge.api_tokens;
-    if tokens.is_empty() {
-        return next.run(req).await;
-    }
-    match presented_token(&req) {
-        Some(t)
-            if tokens
-                .iter()
-                .any(|k| constant_time_eq(k.as_bytes(), t.as_bytes())) =>
-        {
+/// The token of an `Authorization` value with the `Bearer` scheme (any case, RFC 6750).
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
+    let token = presented_token(&req);
+    match state.auth.identify(token.as_deref()) {
+        Ok(identity) => {
+            let peer = req
+                .extensions()
+                .get::<ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0);
+            req.extensions_mut()
+                .insert(access::Caller::new(identity, peer));
             next.run(req).await
         }
-        _ => ApiError::Unauthorized.into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// `/metrics` and `/readyz` answer only `edge.metrics_token` when one is set.
+async fn operator_only(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    if state.auth.metrics_allowed(presented_token(&req).as_deref()) {
+        next.run(req).await
+    } else {
+        ApiError::Unauthorized("invalid_token").into_response()
+    }
 }
 
 async fn count_rejections(State(state): State<Shared>, req: Request, next: Next) -> Response {
@@ -190,23 +228,49 @@ async fn count_rejections(State(state): State<Shared>, req: Request, next: Next)
         state
             .metrics
             .edge_rejected(r.code, &format!("{path}: {}", r.message));
+    } else if resp.status() == StatusCode::REQUEST_TIMEOUT {
+        let limit = state.limits.request_timeout;
+        state.metrics.edge_rejected(
+            "request_timeout",
+            &format!("{path}: no response within {limit:?} (limits.request_timeout)"),
+        );
     }
     resp
 }
 
 impl EdgeState {
-    /// Validates a request and produces it to the intake topic. Returns the stream id and whether
-    /// a stream with that id already existed (in which case nothing was produced).
-    pub async fn submit(&self, bytes: &[u8]) -> Result<(StreamId, bool), ApiError> {
+    /// Validates a request from `caller` and produces it to the intake topic, owned by the
+    /// caller's subject. Returns the stream id and whether a stream with that id already existed
+    /// (in which case nothing was produced).
+    pub async fn submit(
+        &self,
+        bytes: &[u8],
+        caller: &access::Caller,
+    ) -> Result<(StreamId, bool), ApiError> {
         let mut request = StreamRequest::parse(bytes, self.intake.max_request_bytes)?;
+        access::authorize_type(&caller.identity, &request.event_type)?;
         if self.registry.get(&request.event_type).is_none() {
             return Err(ApiError::Unprocessable {
                 code: "unknown_handler",
                 message: format!("no handler is registered for {}", request.event_type.kind()),
             });
         }
+        if !caller.identity.is_admin() {
+            self.rate.check(&caller.rate_key)?;
+        }
         let id = request.stream_id.clone().unwrap_or_else(StreamId::random);
-        if self.store.get(id.as_str()).await?.is_some() || self.hub.get(id.as_str()).is_some() {
+        if let Some(record) = self.store.get(id.as_str()).await? {
+            if !caller
+                .identity
+                .may_access(id.as_str(), record.request.owner.as_deref())
+            {
+                return Err(ApiError::Forbidden(format!(
+                    "stream {id} does not exist or this token does not grant it"
+                )));
+            }
+            return Ok((id, true));
+        }
+        if self.hub.get(id.as_str()).is_some() {
             return Ok((id, true));
         }
         if !self.budget.has_room() {
@@ -216,18 +280,40 @@ impl EdgeState {
             )));
         }
         request.stream_id = Some(id.clone());
+        let owner = caller.identity.subject().unwrap_or("");
+        if !owner.is_empty() {
+            self.pending.insert(&id, owner);
+        }
         let type_text = request.event_type.to_string();
+        // The owner header is always written (empty for no subject), so a client's
+        // `metadata.owner` can never claim a stream for someone else.
         self.journal
             .produce(
                 &self.intake.topic,
                 id.as_str(),
                 &request.to_json(),
-                &[("type", &type_text)],
+                &[
+                    ("type", &type_text),
+                    (crate::kafka::intake::OWNER_HEADER, owner),
+                ],
                 "intake",
             )
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         Ok((id, false))
+    }
+
+    /// A subscriber slot of stream `id`, refused past `limits.max_subscribers_per_stream`.
+    pub fn subscriber_slot(&self, id: &StreamId) -> Result<limits::Slot<String>, ApiError> {
+        self.subscribers
+            .take(&id.to_string())
+            .ok_or_else(|| ApiError::Overloaded {
+                code: "too_many_subscribers",
+                message: format!(
+                    "stream {id} has its maximum of {} live subscribers (limits.max_subscribers_per_stream)",
+                    self.limits.max_subscribers_per_stream
+                ),
+            })
     }
 }
 
@@ -254,43 +340,37 @@ fn parse_id(raw: &str) -> Result<StreamId, ApiError> {
     })
 }
 
-/// Parses a resume point: a non-negative Kafka offset below `i64::MAX` (the next offset after it
-/// must still be representable).
+/// Parses a resume point (see `sluice_wire::frames::parse_event_id`).
 fn parse_event_id(raw: &str) -> Result<i64, ApiError> {
-    raw.trim()
-        .parse::<i64>()
-        .ok()
-        .filter(|v| (0..i64::MAX).contains(v))
-        .ok_or_else(|| ApiError::BadRequest {
-            code: "invalid_last_event_id",
-            message: format!(
-                "last event id {:?} must be an integer offset from 0 to {}",
-                raw.chars().take(40).collect::<String>(),
-                i64::MAX - 1
-            ),
-        })
+    sluice_wire::frames::parse_event_id(raw).map_err(ApiError::from)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_event_id;
+    use super::*;
 
     #[test]
-    fn event_ids_at_the_edge_of_i64_are_refused_not_overflowed() {
-        assert_eq!(parse_event_id("0").unwrap(), 0);
-        assert_eq!(parse_event_id(" 42 ").unwrap(), 42);
-        assert_eq!(parse_event_id("9223372036854775806").unwrap(), i64::MAX - 1);
-        for bad in [
-            "9223372036854775807",
-            "9223372036854775808",
-            "99999999999999999999",
-            "-1",
-            "x",
-            "",
-        ] {
-            let err = parse_event_id(bad).expect_err(bad);
-            assert_eq!(err.code(), "invalid_last_event_id", "{bad}");
-            assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST, "{bad}");
-        }
+    fn tokens_come_from_a_bearer_header_or_a_percent_decoded_query() {
+        let req = |uri: &str, auth: Option<&str>| {
+            let mut b = axum::http::Request::builder().uri(uri);
+            if let Some(a) = auth {
+                b = b.header(header::AUTHORIZATION, a);
+            }
+            b.body(axum::body::Body::empty()).unwrap()
+        };
+        assert_eq!(
+            presented_token(&req("/", Some("Bearer abc"))).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            presented_token(&req("/", Some("bearer  abc "))).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(presented_token(&req("/", Some("Basic abc"))), None);
+        assert_eq!(
+            presented_token(&req("/x?a=1&access_token=a%2Bb%3D%3D", None)).as_deref(),
+            Some("a+b==")
+        );
+        assert_eq!(presented_token(&req("/x?a=1", None)), None);
     }
 }

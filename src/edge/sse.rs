@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,7 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::access::{authorize, Caller};
 use super::{finished_at_or_before, parse_event_id, parse_id, ApiError, Shared, HISTORY_LOST};
 use crate::stream::subscription::Delivery;
 
@@ -40,11 +41,13 @@ fn frame(d: Delivery) -> Event {
 /// `GET /v1/streams/{id}/events`
 pub async fn events(
     State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
+    authorize(&state, &caller.identity, &id).await?;
     let resume = headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("?").to_owned())
@@ -56,11 +59,12 @@ pub async fn events(
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
     }
+    let slot = state.subscriber_slot(&id)?;
     let rx = state
         .subs
         .open(&id, after, state.edge.early_connect_wait)
         .await?;
-    let guard = state.metrics.edge_connected("sse");
+    let guard = (state.metrics.edge_connected("sse"), slot);
     let metrics = state.metrics.clone();
     let retry = Event::default().retry(state.edge.sse_retry);
     let events = ReceiverStream::new(rx).map(move |d| {

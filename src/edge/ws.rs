@@ -4,52 +4,48 @@
 //! (`stream_id`, optional `last_event_id`), `cancel` (`stream_id`) and `ping`. Several streams may
 //! be followed on one socket. A bad frame gets an `error` frame and the socket stays open.
 //!
+//! The caller is authenticated once, at the upgrade; each subscribe, cancel and request is then
+//! authorised like its HTTP twin. The server pings every third of `limits.ws_idle_timeout`, and a
+//! socket from which nothing arrives (not even the pong a browser sends by itself) for that long is
+//! closed with 1008.
+//!
 //! Two paths lead to the socket, and neither can wait on the other. Followers push stream events
 //! into a bounded queue that the socket task drains. Replies to client frames (`pong`, `accepted`,
 //! `cancelling`, errors) never enter that queue: the socket task writes them to the socket itself.
 
 use std::collections::HashMap;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Extension, State};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
-use serde::Deserialize;
 use serde_json::{json, Value};
+use sluice_wire::frames::ClientFrame;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
 
+use super::access::{authorize, Caller};
 use super::{api, parse_id, ApiError, Shared};
 use crate::event::StreamId;
 use crate::stream::subscription::Delivery;
 
 /// `GET /ws`
-pub async fn upgrade(State(state): State<Shared>, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let limit = state.intake.max_request_bytes;
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| serve(state, socket))
+        .on_upgrade(move |socket| serve(state, caller, socket))
 }
 
 fn error_frame(stream_id: Option<&str>, err: &ApiError) -> String {
     json!({"type": "error", "stream_id": stream_id, "id": null, "seq": null,
            "payload": {"code": err.code(), "status": err.status().as_u16(), "message": err.to_string()}})
     .to_string()
-}
-
-/// A control frame from the client; any other `type` is a stream request.
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-enum Control {
-    Ping,
-    Subscribe {
-        stream_id: String,
-        #[serde(default)]
-        last_event_id: Option<Value>,
-    },
-    Cancel {
-        stream_id: String,
-    },
 }
 
 fn delivery_frame(stream_id: &str, d: &Delivery) -> String {
@@ -73,6 +69,7 @@ fn delivery_frame(stream_id: &str, d: &Delivery) -> String {
 
 struct Socket {
     state: Shared,
+    caller: Caller,
     /// The followers' queue. Only followers send into it; the socket task only drains it.
     out: mpsc::Sender<String>,
     /// Replies to the frame being handled, written to the socket directly by the socket task.
@@ -81,13 +78,17 @@ struct Socket {
     following: HashMap<String, AbortHandle>,
 }
 
-async fn serve(state: Shared, socket: WebSocket) {
+async fn serve(state: Shared, caller: Caller, socket: WebSocket) {
     let _guard = state.metrics.edge_connected("ws");
     let (mut sink, mut incoming) = socket.split();
     let (out, mut out_rx) = mpsc::channel::<String>(256);
     let shutdown = state.subs.shutdown.clone();
+    let idle = state.limits.ws_idle_timeout;
+    let mut heard = Instant::now();
+    let mut ping = tokio::time::interval_at(Instant::now() + idle / 3, idle / 3);
     let mut s = Socket {
         state,
+        caller,
         out,
         replies: Vec::new(),
         followers: JoinSet::new(),
@@ -111,7 +112,21 @@ async fn serve(state: Shared, socket: WebSocket) {
                 }
                 s.state.metrics.edge_sent("ws", 1);
             }
-            msg = incoming.next() => match msg {
+            _ = tokio::time::sleep_until(heard + idle) => {
+                s.state.metrics.edge_rejected(
+                    "ws_idle",
+                    &format!("ws: nothing received for {idle:?} (limits.ws_idle_timeout)"),
+                );
+                let close = CloseFrame { code: 1008, reason: "idle timeout".into() };
+                let _ = sink.send(Message::Close(Some(close))).await;
+                break;
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+            msg = incoming.next() => match msg.inspect(|_| heard = Instant::now()) {
                 Some(Ok(Message::Text(t))) => s.frame(t.as_str()).await,
                 Some(Ok(Message::Binary(_))) => s.reject(None, ApiError::BadRequest {
                     code: "binary_frame",
@@ -144,42 +159,24 @@ impl Socket {
     }
 
     async fn frame(&mut self, text: &str) {
-        let value: Value = match serde_json::from_str(text) {
-            Ok(v @ Value::Object(_)) => v,
-            Ok(_) => {
-                return self.reject(
-                    None,
-                    bad("malformed_json", "a frame must be a JSON object".into()),
-                )
+        let (stream_id, result) = match ClientFrame::decode(text) {
+            Err((stream_id, e)) => (stream_id, Err(e.into())),
+            Ok(ClientFrame::Ping) => {
+                self.reply(json!({"type": "pong"}));
+                (None, Ok(()))
             }
-            Err(e) => {
-                return self.reject(None, bad("malformed_json", format!("malformed JSON: {e}")))
+            Ok(ClientFrame::Subscribe {
+                stream_id,
+                last_event_id,
+            }) => {
+                let r = self.subscribe(&stream_id, last_event_id).await;
+                (Some(stream_id), r)
             }
-        };
-        let stream_id = value
-            .get("stream_id")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let kind = value
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let result = if matches!(kind.as_str(), "ping" | "subscribe" | "cancel") {
-            match serde_json::from_value::<Control>(value) {
-                Ok(Control::Ping) => {
-                    self.reply(json!({"type": "pong"}));
-                    Ok(())
-                }
-                Ok(Control::Subscribe {
-                    stream_id,
-                    last_event_id,
-                }) => self.subscribe(&stream_id, last_event_id),
-                Ok(Control::Cancel { stream_id }) => self.cancel(&stream_id).await,
-                Err(e) => Err(bad("invalid_frame", format!("{kind} frame: {e}"))),
+            Ok(ClientFrame::Cancel { stream_id }) => {
+                let r = self.cancel(&stream_id).await;
+                (Some(stream_id), r)
             }
-        } else {
-            self.request(text).await
+            Ok(ClientFrame::Request) => (None, self.request(text).await),
         };
         if let Err(e) = result {
             self.reject(stream_id.as_deref(), e);
@@ -188,7 +185,7 @@ impl Socket {
 
     async fn request(&mut self, text: &str) -> Result<(), ApiError> {
         self.check_capacity()?;
-        let (id, existed) = self.state.submit(text.as_bytes()).await?;
+        let (id, existed) = self.state.submit(text.as_bytes(), &self.caller).await?;
         self.reply(
             json!({"type": "accepted", "stream_id": id.as_str(), "id": null, "seq": null,
                          "payload": {"existing": existed}}),
@@ -196,19 +193,16 @@ impl Socket {
         self.follow(id, None, self.state.edge.request_start_wait)
     }
 
-    fn subscribe(&mut self, stream_id: &str, last_event_id: Option<Value>) -> Result<(), ApiError> {
+    async fn subscribe(&mut self, stream_id: &str, after: Option<i64>) -> Result<(), ApiError> {
         let id = parse_id(stream_id)?;
-        let after = match last_event_id {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(super::parse_event_id(&s)?),
-            Some(other) => Some(super::parse_event_id(&other.to_string())?),
-        };
+        authorize(&self.state, &self.caller.identity, &id).await?;
         self.check_capacity()?;
         self.follow(id, after, self.state.edge.early_connect_wait)
     }
 
     async fn cancel(&mut self, stream_id: &str) -> Result<(), ApiError> {
         let id = parse_id(stream_id)?;
+        authorize(&self.state, &self.caller.identity, &id).await?;
         api::cancel_stream(&self.state, &id).await?;
         self.reply(json!({"type": "cancelling", "stream_id": id.as_str(), "id": null, "seq": null, "payload": {}}));
         Ok(())
@@ -242,9 +236,11 @@ impl Socket {
             });
         }
         let key = id.to_string();
+        let slot = self.state.subscriber_slot(&id)?;
         let state = self.state.clone();
         let out = self.out.clone();
         let handle = self.followers.spawn(async move {
+            let _slot = slot;
             match state.subs.open(&id, after, wait).await {
                 Ok(mut rx) => {
                     while let Some(d) = rx.recv().await {
@@ -266,8 +262,4 @@ impl Socket {
         self.following.insert(key, handle);
         Ok(())
     }
-}
-
-fn bad(code: &'static str, message: String) -> ApiError {
-    ApiError::BadRequest { code, message }
 }

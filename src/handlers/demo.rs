@@ -230,6 +230,7 @@ mod tests {
             stream_id: None,
             payload,
             metadata: None,
+            owner: None,
         };
         let ctx = StreamContext::new(
             StreamId::random(),

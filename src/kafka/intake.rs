@@ -176,7 +176,7 @@ impl Intake {
     /// Handles one message durably. Returns false if the process is shutting down before it could.
     async fn handle(&self, m: &BorrowedMessage<'_>, cancel: &CancellationToken) -> bool {
         let bytes = m.payload().unwrap_or_default();
-        let request = match Request::parse(bytes, self.settings.max_request_bytes) {
+        let mut request = match Request::parse(bytes, self.settings.max_request_bytes) {
             Ok(r) => r,
             Err(e) => {
                 return self
@@ -201,6 +201,7 @@ impl Intake {
             };
             return self.dead_letter(m, reason, &detail, cancel).await;
         }
+        request.owner = owner_of(m, &request);
         let stream_id = request
             .stream_id
             .clone()
@@ -277,3 +278,23 @@ impl Intake {
         }
     }
 }
+
+/// The owner of a request read from Kafka: its `owner` header if it has one (the edge always
+/// writes it, empty for a caller without a subject), else `metadata.owner`. Kafka is trusted: only
+/// producers with access to the intake topic can write either.
+fn owner_of(m: &BorrowedMessage<'_>, request: &Request) -> Option<String> {
+    let header = m
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == OWNER_HEADER));
+    match header {
+        Some(h) => h
+            .value
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .filter(|v| crate::event::valid_owner(v))
+            .map(str::to_owned),
+        None => request.owner_from_metadata(),
+    }
+}
+
+/// The intake record header carrying the requesting subject.
+pub const OWNER_HEADER: &str = "owner";

@@ -41,6 +41,8 @@ pub mod names {
     pub const EDGE_EVENTS_SENT: &str = "sluice_edge_events_sent_total";
     /// Edge requests refused, by reason.
     pub const EDGE_REJECTED: &str = "sluice_edge_rejected_total";
+    /// Reloads of the JWKS file, by result.
+    pub const JWKS_RELOADS: &str = "sluice_auth_jwks_reloads_total";
     /// Events replayed from Kafka to edge clients.
     pub const REPLAYED_EVENTS: &str = "sluice_replayed_events_total";
     /// Streams resumed after a restart.
@@ -64,6 +66,7 @@ pub mod names {
 }
 
 mod clients;
+mod security;
 mod sources;
 
 pub use clients::TypeSubscriberGuard;
@@ -104,6 +107,7 @@ pub struct Metrics {
     streams_swept: IntCounter,
     sources: sources::SourceMetrics,
     clients: clients::ClientMetrics,
+    security: security::SecurityMetrics,
     /// `service:action` pairs that may appear as label values; everything else is `other`.
     kinds: HashMap<String, HashSet<String>>,
 }
@@ -225,6 +229,7 @@ impl Metrics {
             )?,
             sources: sources::SourceMetrics::new(&registry)?,
             clients: clients::ClientMetrics::new(&registry)?,
+            security: security::SecurityMetrics::new(&registry)?,
             registry: registry.clone(),
             kinds: HashMap::new(),
         };
@@ -413,12 +418,6 @@ impl Metrics {
         self.edge_events_sent
             .with_label_values(&[transport])
             .inc_by(n);
-    }
-
-    /// An edge request or frame was refused.
-    pub fn edge_rejected(&self, reason: &str, detail: &str) {
-        tracing::info!(reason, detail, "edge request rejected");
-        self.edge_rejected.with_label_values(&[reason]).inc();
     }
 
     /// `n` events were replayed from Kafka.

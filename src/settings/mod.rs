@@ -12,12 +12,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod handlers;
+mod security;
 mod validate;
 
 pub use handlers::{
     DemoSettings, HandlersSettings, HttpFormat, HttpSourceSettings, KafkaSourceSettings,
     SourceSettings, StartAt,
 };
+pub use security::{AuthSettings, LimitsSettings};
 
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,10 @@ pub struct Settings {
     pub retention: RetentionSettings,
     /// Built-in and configured stream handlers.
     pub handlers: HandlersSettings,
+    /// JWT verification.
+    pub auth: AuthSettings,
+    /// Connection, subscriber, rate and time limits.
+    pub limits: LimitsSettings,
 }
 
 /// `[retention]`
@@ -294,8 +300,11 @@ pub struct EdgeSettings {
     pub remote_poll_interval: Duration,
     /// Most streams one WebSocket may follow at once.
     pub max_streams_per_socket: usize,
-    /// Bearer tokens accepted on `/v1`, `/ws` and gRPC; empty means no authentication.
+    /// Static admin tokens accepted on `/v1`, `/ws` and gRPC. With none of these and no JWT key
+    /// configured, every caller is an administrator.
     pub api_tokens: Vec<String>,
+    /// The token `/metrics` and `/readyz` require; empty: they are open.
+    pub metrics_token: String,
     /// Origins whose browser pages may call the API (CORS); `"*"` allows any; empty: none.
     pub cors_allowed_origins: Vec<String>,
     /// The reconnect delay SSE clients are told (`retry:`).
@@ -312,6 +321,7 @@ impl Default for EdgeSettings {
             remote_poll_interval: Duration::from_millis(500),
             max_streams_per_socket: 64,
             api_tokens: Vec::new(),
+            metrics_token: String::new(),
             sse_retry: Duration::from_secs(2),
             cors_allowed_origins: Vec::new(),
         }
@@ -377,6 +387,9 @@ impl Settings {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("edge.api_tokens")
+                .with_list_parse_key("auth.jwt_public_keys")
+                .with_list_parse_key("auth.issuers")
+                .with_list_parse_key("auth.audiences")
                 .try_parsing(true),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
@@ -388,6 +401,11 @@ impl Settings {
     pub fn redacted(&self) -> serde_json::Value {
         let mut copy = self.clone();
         copy.edge.api_tokens = copy.edge.api_tokens.iter().map(|_| "***".into()).collect();
+        for secret in [&mut copy.edge.metrics_token, &mut copy.auth.jwt_secret] {
+            if !secret.is_empty() {
+                *secret = "***".into();
+            }
+        }
         for (k, v) in copy.kafka.client_config.iter_mut() {
             if k.contains("password") || k.contains("secret") {
                 *v = "***".into();
@@ -430,13 +448,17 @@ mod tests {
         let path = dir.path().join("s.toml");
         std::fs::write(
             &path,
-            "[provider]\nheartbeat_interval = \"250ms\"\n[edge]\napi_tokens = [\"t\"]\n",
+            "[provider]\nheartbeat_interval = \"250ms\"\n[edge]\napi_tokens = [\"t\"]\nmetrics_token = \"m\"\n[auth]\njwt_secret = \"hs\"\n",
         )
         .unwrap();
         let s = Settings::load(Some(&path)).unwrap();
         assert_eq!(s.provider.heartbeat_interval, Duration::from_millis(250));
         assert_eq!(s.edge.api_tokens, vec!["t".to_string()]);
-        assert_eq!(s.redacted()["edge"]["api_tokens"][0], "***");
+        let shown = s.redacted();
+        assert_eq!(shown["edge"]["api_tokens"][0], "***");
+        assert_eq!(shown["edge"]["metrics_token"], "***");
+        assert_eq!(shown["auth"]["jwt_secret"], "***");
+        assert_eq!(s.auth.jwt_secret, "hs", "only the copy is redacted");
 
         std::fs::write(&path, "[provider]\nmax_concurrent_streams = \"many\"\n").unwrap();
         let err = Settings::load(Some(&path)).unwrap_err().to_string();

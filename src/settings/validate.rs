@@ -48,6 +48,24 @@ impl Settings {
             ("grpc.max_event_types", self.grpc.max_event_types),
             ("retention.max_stream_topics", r.max_stream_topics),
             ("retention.delete_batch", r.delete_batch),
+            ("limits.max_connections", self.limits.max_connections),
+            (
+                "limits.max_connections_per_ip",
+                self.limits.max_connections_per_ip,
+            ),
+            (
+                "limits.max_subscribers_per_stream",
+                self.limits.max_subscribers_per_stream,
+            ),
+            (
+                "limits.requests_per_second",
+                self.limits.requests_per_second as usize,
+            ),
+            ("limits.request_burst", self.limits.request_burst as usize),
+            (
+                "limits.max_tracked_identities",
+                self.limits.max_tracked_identities,
+            ),
         ] {
             at_least_one(key, v)?;
         }
@@ -61,6 +79,13 @@ impl Settings {
             ("kafka.operation_timeout", k.operation_timeout),
             ("retention.sweep_interval", r.sweep_interval),
             ("shutdown.grace_period", self.shutdown.grace_period),
+            ("limits.request_timeout", self.limits.request_timeout),
+            (
+                "limits.header_read_timeout",
+                self.limits.header_read_timeout,
+            ),
+            ("limits.ws_idle_timeout", self.limits.ws_idle_timeout),
+            ("auth.jwks_reload_interval", self.auth.jwks_reload_interval),
         ] {
             nonzero(key, v)?;
         }

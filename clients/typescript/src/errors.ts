@@ -8,7 +8,16 @@ export type SluiceErrorCode =
   | "invalid_last_event_id"
   | "last_event_id_ahead"
   // 401
-  | "unauthorized"
+  | "missing_token"
+  | "invalid_token"
+  | "token_expired"
+  | "token_not_yet_valid"
+  | "token_signature"
+  | "token_audience"
+  | "token_issuer"
+  | "token_malformed"
+  // 403
+  | "forbidden"
   // 404
   | "not_found"
   // 409
@@ -20,9 +29,14 @@ export type SluiceErrorCode =
   | "too_large"
   // 422
   | "unknown_handler"
+  // 429
+  | "rate_limited"
+  | "too_many_connections_per_ip"
   // 503
   | "unavailable"
   | "stream_capacity"
+  | "too_many_connections"
+  | "too_many_subscribers"
   // the client's own: the connection failed (status 0), or the answer was not what Sluice sends
   | "network_error"
   | "protocol_error"
@@ -43,9 +57,9 @@ export class SluiceError extends Error {
     this.code = code;
   }
 
-  /** Whether retrying the same call may succeed: no answer, or a 5xx. */
+  /** Whether retrying the same call may succeed: no answer, a 429 or a 5xx. */
   get retryable(): boolean {
-    return this.status === 0 || this.status >= 500;
+    return this.status === 0 || this.status === 429 || this.status >= 500;
   }
 }
 
@@ -56,6 +70,14 @@ export class BadRequestError extends SluiceError {
 /** 401: the bearer token is missing or wrong. */
 export class UnauthorizedError extends SluiceError {
   override name = "UnauthorizedError";
+}
+/** 403: the token does not grant this stream or type (unknown streams answer the same). */
+export class ForbiddenError extends SluiceError {
+  override name = "ForbiddenError";
+}
+/** 429: over a per-client limit (`rate_limited`, `too_many_connections_per_ip`). */
+export class TooManyRequestsError extends SluiceError {
+  override name = "TooManyRequestsError";
 }
 /** 404: no such stream. */
 export class NotFoundError extends SluiceError {
@@ -100,11 +122,13 @@ type ErrorClass = new (
 const BY_STATUS: Record<number, ErrorClass> = {
   400: BadRequestError,
   401: UnauthorizedError,
+  403: ForbiddenError,
   404: NotFoundError,
   409: ConflictError,
   410: GoneError,
   413: PayloadTooLargeError,
   422: UnknownHandlerError,
+  429: TooManyRequestsError,
 };
 
 /** The error class for an HTTP status. */

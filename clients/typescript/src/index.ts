@@ -16,6 +16,8 @@ export {
   ProtocolError,
   SluiceError,
   UnauthorizedError,
+  ForbiddenError,
+  TooManyRequestsError,
   UnavailableError,
   UnknownHandlerError,
   errorClassFor,

@@ -188,13 +188,13 @@ describe("live Sluice", { timeout: 120_000 }, () => {
   });
 
   describe("errors are typed exceptions", () => {
-    test("wrong token: 401 unauthorized", async () => {
+    test("wrong or missing token: 401 invalid_token / missing_token", async () => {
       const wrong = liveClient({ token: "not-the-token" });
-      await rejectsWith(wrong.request(DEMO, { count: 1 }), UnauthorizedError, 401, "unauthorized");
-      await rejectsWith(wrong.status("anything"), UnauthorizedError, 401, "unauthorized");
-      await rejectsWith(collect(wrong.subscribe("anything")), UnauthorizedError, 401, "unauthorized");
+      await rejectsWith(wrong.request(DEMO, { count: 1 }), UnauthorizedError, 401, "invalid_token");
+      await rejectsWith(wrong.status("anything"), UnauthorizedError, 401, "invalid_token");
+      await rejectsWith(collect(wrong.subscribe("anything")), UnauthorizedError, 401, "invalid_token");
       const none = liveClient({ token: "" });
-      await rejectsWith(none.status("anything"), UnauthorizedError, 401, "unauthorized");
+      await rejectsWith(none.status("anything"), UnauthorizedError, 401, "missing_token");
     });
 
     test("status of an unknown stream: 404 not_found", async () => {

@@ -1,7 +1,8 @@
 //! The gRPC edge (tonic) on `grpc.listen`: the `sluice.v1.Streams` service, `grpc.health.v1` and
 //! server reflection, so `grpcurl` works with no proto file.
 //!
-//! It shares the HTTP edge's state and rules: the same bearer tokens (`authorization` metadata),
+//! It shares the HTTP edge's state and rules: the same tokens (`authorization: Bearer` metadata),
+//! the same connection caps,
 //! the same validation, and the same error codes, carried as a `google.rpc.ErrorInfo` (domain
 //! `sluice`, reason = the HTTP API's code, metadata `http_status`) in each refusal's details.
 
@@ -18,7 +19,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{constant_time_eq, ApiError, Shared};
+use super::access::Caller;
+use super::{ApiError, Shared};
 
 /// The generated `sluice.v1` messages, service and client.
 pub mod proto {
@@ -37,7 +39,9 @@ pub const ERROR_DOMAIN: &str = "sluice";
 pub fn code_of(err: &ApiError) -> Code {
     match err {
         ApiError::BadRequest { .. } | ApiError::PayloadTooLarge(_) => Code::InvalidArgument,
-        ApiError::Unauthorized => Code::Unauthenticated,
+        ApiError::Unauthorized(_) => Code::Unauthenticated,
+        ApiError::Forbidden(_) => Code::PermissionDenied,
+        ApiError::TooMany { .. } | ApiError::Overloaded { .. } => Code::ResourceExhausted,
         ApiError::NotFound(_) | ApiError::Gone(_) => Code::NotFound,
         ApiError::Conflict { .. } => Code::FailedPrecondition,
         ApiError::Unprocessable { .. } => Code::Unimplemented,
@@ -73,32 +77,27 @@ pub(crate) fn refuse(state: &Shared, rpc: &str, err: ApiError) -> Status {
     status_of(&err)
 }
 
-/// Checks `authorization: Bearer <token>` against `edge.api_tokens` (none set: open).
+/// Authenticates `authorization: Bearer <token>` metadata and attaches the `Caller`.
 #[derive(Clone)]
 pub struct Auth {
     state: Shared,
 }
 
 impl tonic::service::Interceptor for Auth {
-    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        let tokens = &self.state.edge.api_tokens;
-        if tokens.is_empty() {
-            return Ok(req);
-        }
-        let presented = req
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let token = req
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match presented {
-            Some(t)
-                if tokens
-                    .iter()
-                    .any(|k| constant_time_eq(k.as_bytes(), t.as_bytes())) =>
-            {
+            .and_then(super::bearer)
+            .map(str::to_owned);
+        match self.state.auth.identify(token.as_deref()) {
+            Ok(identity) => {
+                let caller = Caller::new(identity, req.remote_addr());
+                req.extensions_mut().insert(caller);
                 Ok(req)
             }
-            _ => Err(refuse(&self.state, "auth", ApiError::Unauthorized)),
+            Err(e) => Err(refuse(&self.state, "auth", e)),
         }
     }
 }
@@ -162,7 +161,7 @@ impl GrpcServer {
             .add_service(health)
             .add_service(reflection)
             .add_service(InterceptedService::new(streams, auth))
-            .serve_with_incoming_shutdown(incoming(self.listener), on_stop)
+            .serve_with_incoming_shutdown(incoming(self.listener, self.state.clone()), on_stop)
             .await?;
         Ok(())
     }
@@ -170,15 +169,36 @@ impl GrpcServer {
 
 /// Accepted connections with `TCP_NODELAY` set (tonic ignores its own setting for an incoming
 /// stream): each event leaves at once instead of waiting on Nagle and the client's delayed ACK.
+/// Connections over the edge's caps are closed at once (gRPC has no status to send before the
+/// HTTP/2 handshake), logged and counted; admitted ones hold their slot until they close.
 fn incoming(
     listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::StreamExt::map(TcpListenerStream::new(listener), |accepted| {
-        accepted.inspect(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set");
+    state: Shared,
+) -> impl futures::Stream<Item = std::io::Result<super::serve::Gated>> {
+    futures::StreamExt::filter_map(TcpListenerStream::new(listener), move |accepted| {
+        let state = state.clone();
+        async move {
+            let tcp = match accepted {
+                Ok(tcp) => tcp,
+                Err(e) => return Some(Err(e)),
+            };
+            let peer = tcp.peer_addr().ok()?;
+            match state.gate.admit(peer.ip()) {
+                Ok(admitted) => {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "TCP_NODELAY not set");
+                    }
+                    Some(Ok(super::serve::Gated::new(tcp, admitted)))
+                }
+                Err(refusal) => {
+                    let err = refusal.error(&state.limits);
+                    state
+                        .metrics
+                        .edge_rejected(err.code(), &format!("grpc {peer}: {err}"));
+                    None
+                }
             }
-        })
+        }
     })
 }
 
@@ -206,7 +226,29 @@ mod tests {
                 Code::InvalidArgument,
                 413,
             ),
-            (ApiError::Unauthorized, Code::Unauthenticated, 401),
+            (
+                ApiError::Unauthorized("token_expired"),
+                Code::Unauthenticated,
+                401,
+            ),
+            (ApiError::Forbidden("m".into()), Code::PermissionDenied, 403),
+            (
+                ApiError::TooMany {
+                    code: "rate_limited",
+                    message: "m".into(),
+                    retry_after: 1,
+                },
+                Code::ResourceExhausted,
+                429,
+            ),
+            (
+                ApiError::Overloaded {
+                    code: "too_many_subscribers",
+                    message: "m".into(),
+                },
+                Code::ResourceExhausted,
+                503,
+            ),
             (ApiError::NotFound("m".into()), Code::NotFound, 404),
             (ApiError::Gone("m".into()), Code::NotFound, 410),
             (conflict(), Code::FailedPrecondition, 409),

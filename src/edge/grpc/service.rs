@@ -5,6 +5,10 @@
 //! ending after the terminal event), or every stream of some event types live from the hub's
 //! feed. A type subscriber that falls further behind than the feed holds is ended with `ABORTED`
 //! (`subscriber_lagged`) rather than silently missing events.
+//!
+//! Every call carries the `Caller` the `Auth` interceptor put in its extensions and is authorised
+//! like its HTTP twin; subscribing to whole event types crosses every owner, so it needs an
+//! administrator.
 
 use std::pin::Pin;
 
@@ -17,6 +21,7 @@ use tonic::{Code, Request, Response, Status};
 use super::convert::{self, from_struct, timestamp};
 use super::proto::{self, streams_server::Streams};
 use super::{detailed, refuse};
+use crate::edge::access::{authorize, Caller};
 use crate::edge::{api, finished_at_or_before, parse_event_id, parse_id, ApiError, Shared};
 use crate::event::{EventType, State};
 use crate::stream::hub::FeedItem;
@@ -40,6 +45,14 @@ impl StreamsService {
     }
 }
 
+/// The caller the `Auth` interceptor attached; a call without one is refused.
+fn caller_of<T>(req: &Request<T>) -> Result<Caller, ApiError> {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or(ApiError::Unauthorized("missing_token"))
+}
+
 fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::BadRequest {
         code,
@@ -53,6 +66,7 @@ impl Streams for StreamsService {
         &self,
         req: Request<proto::StreamRequest>,
     ) -> Result<Response<proto::Accepted>, Status> {
+        let caller = caller_of(&req).map_err(|e| self.refuse("Request", e))?;
         let r = req.into_inner();
         let mut body = json!({"type": r.r#type});
         if let Some(p) = &r.payload {
@@ -68,7 +82,7 @@ impl Streams for StreamsService {
             .map_err(|e| self.refuse("Request", bad("malformed_json", e.to_string())))?;
         let (id, existing) = self
             .state
-            .submit(&bytes)
+            .submit(&bytes, &caller)
             .await
             .map_err(|e| self.refuse("Request", e))?;
         Ok(Response::new(proto::Accepted {
@@ -82,7 +96,9 @@ impl Streams for StreamsService {
         req: Request<proto::StreamRef>,
     ) -> Result<Response<proto::StreamStatus>, Status> {
         let result = async {
+            let caller = caller_of(&req)?;
             let id = parse_id(&req.get_ref().stream_id)?;
+            authorize(&self.state, &caller.identity, &id).await?;
             api::lookup(&self.state, &id).await
         }
         .await;
@@ -111,7 +127,9 @@ impl Streams for StreamsService {
         req: Request<proto::StreamRef>,
     ) -> Result<Response<proto::Cancelling>, Status> {
         let result = async {
+            let caller = caller_of(&req)?;
             let id = parse_id(&req.get_ref().stream_id)?;
+            authorize(&self.state, &caller.identity, &id).await?;
             api::cancel_stream(&self.state, &id).await.map(|_| id)
         }
         .await;
@@ -127,9 +145,16 @@ impl Streams for StreamsService {
         &self,
         req: Request<proto::SubscribeRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        let caller = caller_of(&req).map_err(|e| self.refuse("SubscribeEvents", e))?;
         let r = req.into_inner();
         let stream = match (r.stream_id.is_empty(), r.event_types.is_empty()) {
-            (false, true) => self.follow_stream(&r.stream_id, r.last_event_id).await,
+            (false, true) => {
+                self.follow_stream(&caller, &r.stream_id, r.last_event_id)
+                    .await
+            }
+            (true, false) if !caller.identity.is_admin() => Err(ApiError::Forbidden(
+                "subscribing to event types needs an administrator token".into(),
+            )),
             (true, false) => self.follow_types(&r.event_types),
             _ => Err(bad(
                 "invalid_subscription",
@@ -146,10 +171,12 @@ impl StreamsService {
     /// One stream: replay after `last_event_id`, then live, ending after the terminal event.
     async fn follow_stream(
         &self,
+        caller: &Caller,
         raw_id: &str,
         last_event_id: Option<i64>,
     ) -> Result<EventStream, ApiError> {
         let id = parse_id(raw_id)?;
+        authorize(&self.state, &caller.identity, &id).await?;
         let after = last_event_id
             .map(|v| parse_event_id(&v.to_string()))
             .transpose()?;
@@ -158,12 +185,13 @@ impl StreamsService {
                 return Ok(Box::pin(futures::stream::empty()));
             }
         }
+        let slot = self.state.subscriber_slot(&id)?;
         let rx = self
             .state
             .subs
             .open(&id, after, self.state.edge.early_connect_wait)
             .await?;
-        let guard = self.state.metrics.edge_connected("grpc");
+        let guard = (self.state.metrics.edge_connected("grpc"), slot);
         let metrics = self.state.metrics.clone();
         let stream_id = id.to_string();
         Ok(Box::pin(ReceiverStream::new(rx).map(move |d| {
