@@ -196,7 +196,20 @@ impl TestApp {
 
     /// Waits until `/readyz` says the intake consumer has its assignment.
     pub async fn wait_ready(&self) {
-        wait_ready(&self.http, &self.url("")).await;
+        let token = &self.settings.edge.metrics_token;
+        if token.is_empty() {
+            return wait_ready(&self.http, &self.url("")).await;
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap();
+        wait_ready(&http, &self.url("")).await;
     }
 
     /// Produces raw bytes to the intake topic, as an external service would.
