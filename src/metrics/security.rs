@@ -13,9 +13,9 @@ use super::{names, Metrics};
 /// The most often a rejection summary is logged at warn.
 pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
-/// Rejections counted since the last summary.
+/// Rejections counted since the last summary (none yet: the first is summarised at once).
 struct Window {
-    since: Instant,
+    since: Option<Instant>,
     counts: BTreeMap<String, u64>,
 }
 
@@ -41,7 +41,7 @@ impl SecurityMetrics {
         Ok(SecurityMetrics {
             jwks_reloads,
             window: Mutex::new(Window {
-                since: Instant::now() - SUMMARY_EVERY,
+                since: None,
                 counts: BTreeMap::new(),
             }),
         })
