@@ -61,21 +61,18 @@ impl Metrics {
         } else {
             w.counts.insert(reason.to_owned(), 1);
         }
-        if w.since.elapsed() >= SUMMARY_EVERY {
+        let window = w.since.map(|s| s.elapsed());
+        if window.is_none_or(|d| d >= SUMMARY_EVERY) {
             let counts = std::mem::take(&mut w.counts);
             let total: u64 = counts.values().sum();
-            let secs = w
-                .since
-                .elapsed()
-                .as_secs()
-                .min(SUMMARY_EVERY.as_secs() * 100);
-            w.since = Instant::now();
+            w.since = Some(Instant::now());
             drop(w);
+            let window_s = window.map_or(0, |d| d.as_secs());
             tracing::warn!(
                 total,
                 ?counts,
                 last_detail = detail,
-                window_s = secs,
+                window_s,
                 "edge requests rejected"
             );
         }
