@@ -24,7 +24,10 @@ echo "== TypeScript client (tsc --noEmit, node --test) against a live Sluice"
 scripts/with-sluice.sh npm --prefix clients/typescript test
 echo "== browser tests (Chromium + playwright-core) against a live Sluice"
 (cd tests/browser && npm ci --no-audit --no-fund)
-scripts/with-sluice.sh npm --prefix tests/browser test
+# The CORS test serves a page on this port: its 127.0.0.1 origin is allowed, its localhost one not.
+CORS_PAGE_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+CORS_PAGE_PORT=$CORS_PAGE_PORT SLUICE__EDGE__CORS_ALLOWED_ORIGINS="http://127.0.0.1:$CORS_PAGE_PORT" \
+  scripts/with-sluice.sh npm --prefix tests/browser test
 echo "== benchmark harness smoke runs (no speed assertions)"
 cargo test --locked --bench e2e -- --quick
 cargo test --locked --bench sources -- --quick

@@ -387,6 +387,7 @@ impl Settings {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("edge.api_tokens")
+                .with_list_parse_key("edge.cors_allowed_origins")
                 .with_list_parse_key("auth.jwt_public_keys")
                 .with_list_parse_key("auth.issuers")
                 .with_list_parse_key("auth.audiences")
