@@ -431,6 +431,22 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_file_loads_with_the_security_defaults() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/settings.toml"));
+        let s = Settings::load(Some(path)).unwrap();
+        let (d, f) = (Settings::default(), &s);
+        assert_eq!(
+            serde_json::to_value(&f.limits).unwrap(),
+            serde_json::to_value(&d.limits).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_value(&f.auth).unwrap(),
+            serde_json::to_value(&d.auth).unwrap()
+        );
+        assert_eq!(f.edge.metrics_token, "");
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let mut s = Settings::default();
         s.provider.max_concurrent_streams = 0;
