@@ -42,6 +42,10 @@ chromium_ok() { [[ -x /usr/bin/chromium ]] && /usr/bin/chromium --headless=new -
 GRPCURL_VERSION=v1.9.4
 grpcurl_path() { echo "$(go env GOPATH 2>/dev/null)/bin/grpcurl"; }
 grpcurl_ok() { command -v go >/dev/null && "$(grpcurl_path)" -help >/dev/null 2>&1; }
+# Fuzzing (scripts/fuzz.sh): the nightly toolchain from rustup, and cargo-fuzz, pinned, from crates.io.
+CARGO_FUZZ_VERSION=0.13.2
+nightly_ok() { cargo +nightly --version >/dev/null 2>&1; }
+cargo_fuzz_ok() { cargo fuzz --version >/dev/null 2>&1; }
 
 # name | check | Debian package (JRE resolved later by what apt offers)
 CHECKS=(
@@ -111,9 +115,24 @@ install_missing() {
   fi
 }
 
+# Failures here are not fatal: verify() then names what is still missing and how to install it.
+install_fuzz_tools() {
+  command -v cargo >/dev/null || return 0
+  if ! nightly_ok; then
+    say "installing the nightly Rust toolchain (for cargo fuzz)"
+    rustup toolchain install nightly --profile minimal || say "rustup could not install the nightly toolchain"
+  fi
+  if ! cargo_fuzz_ok; then
+    say "installing cargo-fuzz $CARGO_FUZZ_VERSION from crates.io"
+    cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION" || say "cargo install cargo-fuzz failed"
+  fi
+}
+
 verify() {
   local todo; todo=$(missing)
   command -v cargo >/dev/null || todo+=$'\n'"cargo|command -v cargo|Rust from https://rustup.rs"
+  nightly_ok || todo+=$'\n'"Rust nightly toolchain (cargo fuzz)|cargo +nightly --version|rustup toolchain install nightly --profile minimal"
+  cargo_fuzz_ok || todo+=$'\n'"cargo-fuzz (scripts/fuzz.sh)|cargo fuzz --version|cargo install cargo-fuzz --locked --version $CARGO_FUZZ_VERSION"
   todo=$(sed '/^$/d' <<<"$todo")
   if [[ -n "$todo" ]]; then
     say "MISSING prerequisites:"
@@ -123,11 +142,11 @@ verify() {
     done <<<"$todo"
     exit 1
   fi
-  say "ok: libclang at $(libclang_path), java $(java_major), node $(node --version), $(/usr/bin/chromium --version 2>/dev/null), grpcurl at $(grpcurl_path), $(cargo --version)"
+  say "ok: libclang at $(libclang_path), java $(java_major), node $(node --version), $(/usr/bin/chromium --version 2>/dev/null), grpcurl at $(grpcurl_path), $(cargo --version), nightly $(cargo +nightly --version | cut -d' ' -f2), $(cargo fuzz --version)"
 }
 
 case "$MODE" in
-  install | "") install_missing; verify ;;
+  install | "") install_missing; install_fuzz_tools; verify ;;
   --check) verify ;;
   *) echo "usage: $0 [--check]" >&2; exit 2 ;;
 esac

@@ -3,7 +3,8 @@
 # one), runs every unit and integration test against it (gRPC through tonic and grpcurl included),
 # then the TypeScript client's tests and the browser tests (Debian's Chromium driven by
 # playwright-core) against a live Sluice, the benchmark harness in its seconds-long smoke mode,
-# the live dashboard check (Prometheus + promtool) and the offline docker/dashboard checks.
+# a fuzz smoke run of every sluice-wire decoder (scripts/fuzz.sh), the live dashboard check
+# (Prometheus + promtool) and the offline docker/dashboard checks.
 #   scripts/test.sh                  # everything
 #   scripts/test.sh --test pipeline  # only `cargo test` with these arguments
 set -euo pipefail
@@ -32,6 +33,11 @@ echo "== benchmark harness smoke runs (no speed assertions)"
 cargo test --locked --bench e2e -- --quick
 cargo test --locked --bench sources -- --quick
 cargo test --locked --bench surfaces -- --quick
+# A bare `cargo test` covers only the root package, not the workspace's sluice-wire crate.
+echo "== sluice-wire unit and property tests"
+cargo test --locked -p sluice-wire
+echo "== fuzz smoke (each target ~30 s from the committed corpus)"
+scripts/fuzz.sh 30
 echo "== live dashboard check"
 scripts/check-dashboards.sh
 echo "== docker and dashboard structure"
