@@ -134,6 +134,43 @@ async fn expect_http(resp: reqwest::Response, expect: &Expect, ok: u16, cell: &s
     }
 }
 
+/// Waits until the stream's record exists (intake has registered it).
+async fn wait_recorded(app: &TestApp, id: &str) {
+    wait_until(|| async {
+        let r = app.http.get(app.url(&format!("/v1/streams/{id}")));
+        r.bearer_auth(ADMIN).send().await.unwrap().status() == 200
+    })
+    .await;
+}
+
+/// Adds `authorization: Bearer <token>` to every call, when there is a token.
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(b) = &self.0 {
+            r.metadata_mut().insert("authorization", b.clone());
+        }
+        Ok(r)
+    }
+}
+
+type Client = StreamsClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+/// A gRPC client of the app presenting `token`.
+async fn grpc_as(app: &TestApp, token: Option<&str>) -> Client {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let bearer = token.map(|t| format!("Bearer {t}").parse().unwrap());
+    StreamsClient::with_interceptor(channel, Bearer(bearer))
+}
+
 /// The stored events an SSE body carries: `id:` lines.
 fn sse_ids(body: &str) -> usize {
     body.lines().filter(|l| l.starts_with("id:")).count()
@@ -319,19 +356,7 @@ async fn ws_cell(app: &TestApp, id: &str, token: Option<&str>, expect: &Expect, 
 }
 
 async fn grpc_cell(app: &TestApp, id: &str, token: Option<&str>, expect: &Expect, cell: &str) {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let bearer: Option<tonic::metadata::MetadataValue<_>> =
-        token.map(|t| format!("Bearer {t}").parse().unwrap());
-    let mut c = StreamsClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-        if let Some(b) = &bearer {
-            r.metadata_mut().insert("authorization", b.clone());
-        }
-        Ok(r)
-    });
+    let mut c = grpc_as(app, token).await;
     let stream_ref = || StreamRef {
         stream_id: id.into(),
     };
@@ -395,14 +420,7 @@ async fn unknown_streams_answer_like_forbidden_ones_and_types_need_an_admin() {
         .as_str()
         .unwrap()
         .to_owned();
-    wait_until(|| async {
-        let r = app
-            .http
-            .get(app.url(&format!("/v1/streams/{admin_id}")))
-            .bearer_auth(ADMIN);
-        r.send().await.unwrap().status() == 200
-    })
-    .await;
+    wait_recorded(&app, &admin_id).await;
     let status = |id: String, token: String| {
         let req = app.http.get(app.url(&format!("/v1/streams/{id}")));
         async move { req.bearer_auth(token).send().await.unwrap() }
@@ -442,16 +460,7 @@ async fn unknown_streams_answer_like_forbidden_ones_and_types_need_an_admin() {
     )
     .await;
 
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {mallory}").parse().unwrap();
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut c = StreamsClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("authorization", bearer.clone());
-        Ok(r)
-    });
+    let mut c = grpc_as(&app, Some(&mallory)).await;
     let types = c
         .subscribe_events(SubscribeRequest {
             stream_id: String::new(),
@@ -472,14 +481,7 @@ async fn owners_come_from_kafka_metadata_or_the_token_never_from_the_body() {
     let body = json!({"type": "demo:stream_ticks:v1:requested", "stream_id": from_kafka,
                       "payload": {"count": 1}, "metadata": {"owner": "dave"}});
     app.produce_raw(body.to_string().as_bytes()).await;
-    wait_until(|| async {
-        let r = app
-            .http
-            .get(app.url(&format!("/v1/streams/{from_kafka}")))
-            .bearer_auth(ADMIN);
-        r.send().await.unwrap().status() == 200
-    })
-    .await;
+    wait_recorded(&app, &from_kafka).await;
     let get = |id: &str, token: &str| {
         let req = app
             .http
