@@ -157,6 +157,8 @@ impl EventType {
         }
         let version = version
             .strip_prefix('v')
+            // Digits only: `u32::from_str` would also take `+1`, a second spelling of `1`.
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|n| n.parse::<u32>().ok())
             .filter(|n| *n > 0 && !version[1..].starts_with('0'))
             .ok_or_else(|| GrammarError::Version(version.to_owned()))?;

@@ -42,7 +42,10 @@ impl StoredEvent {
     /// the subscribers' JSON is those bytes with `"id":<offset>` spliced in, not a re-encoding.
     /// Bytes that are not a JSON object, or that already carry an `id`, are re-encoded instead.
     pub fn from_stored(offset: i64, mut envelope: Envelope, bytes: &[u8]) -> Option<StoredEvent> {
-        if envelope.id.is_some() || bytes.first() != Some(&b'{') {
+        // A record that names an `id` key anywhere (even `"id":null`, which decodes as no id) is
+        // re-encoded: splicing would give the JSON two `id`s, and readers keep the last one.
+        let names_id = bytes.windows(4).any(|w| w == b"\"id\"");
+        if envelope.id.is_some() || names_id || bytes.first() != Some(&b'{') {
             return StoredEvent::new(offset, envelope);
         }
         let state = EventType::parse(&envelope.event_type).ok()?.state();

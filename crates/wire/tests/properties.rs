@@ -354,27 +354,23 @@ fn stream_id_edges() {
     assert!(StreamId::parse(&"x".repeat(201)).is_err());
 }
 
-// --- known bugs, found by fuzzing: run with `cargo test -p sluice-wire -- --ignored` -------------
-// Each is reported, not fixed here; once fixed, drop the `#[ignore]` (and move the fuzz input from
-// fuzz/known-bugs/ into fuzz/corpus/).
+// --- regressions: bugs found by fuzzing, now fixed ------------------------------------------------
 
 /// A stored record carrying `"id": null` decodes with `envelope.id == None`, so `from_stored`
 /// splices `"id":<offset>` in front of the record's own `"id":null`: the subscriber JSON has the
 /// key twice and every JSON reader that keeps the last duplicate (serde_json, JavaScript's
-/// `JSON.parse`) sees `id: null` instead of the offset. Fuzz input:
-/// fuzz/known-bugs/stored_record/id-null.
+/// `JSON.parse`) saw `id: null` instead of the offset. Fuzz input:
+/// fuzz/corpus/stored_record/id-null.
 #[test]
-#[ignore = "known bug: a stored record with \"id\":null yields subscriber JSON whose id is null"]
 fn stored_record_with_null_id_gets_its_offset_as_id() {
     let event = StoredEvent::parse(5, br#"{"id":null,"type":"a:b:v1:stream"}"#).unwrap();
     let json: Value = serde_json::from_str(&event.json).unwrap();
     assert_eq!(json["id"], json!(5), "subscriber JSON: {}", event.json);
 }
 
-/// `EventType::parse` refuses `v01` (one spelling per version) but accepts `v+1`, because
-/// `u32::from_str` allows a leading `+`: the text of an accepted type is then not its display.
+/// `EventType::parse` refuses `v01` (one spelling per version) and accepted `v+1`, because
+/// `u32::from_str` allows a leading `+`: the text of an accepted type was then not its display.
 #[test]
-#[ignore = "known bug: a version with a plus sign (v+1) is accepted"]
 fn event_type_versions_have_one_spelling() {
     for text in ["a:b:v+1:requested", "a:b:v+12:stream"] {
         assert!(EventType::parse(text).is_err(), "{text} accepted");
