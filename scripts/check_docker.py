@@ -546,6 +546,13 @@ class Checker:
                 elif isinstance(target, dict) and target.get("name") and section != "bin":
                     # Declared without a path: cargo looks in the conventional directory.
                     paths.append(f"{default_dirs[section]}/{target['name']}.rs")
+        # Workspace members and path dependencies are part of the build too.
+        workspace = cargo.get("workspace") or {}
+        paths.extend(m for m in workspace.get("members") or [] if m not in (".", ""))
+        for table in ("dependencies", "build-dependencies"):
+            for dep in (cargo.get(table) or {}).values():
+                if isinstance(dep, dict) and dep.get("path"):
+                    paths.append(dep["path"])
         package = cargo.get("package") or {}
         build_script = package.get("build")
         if isinstance(build_script, str):

@@ -18,7 +18,8 @@ SLUICE_KAFKA_FRESH=1 SLUICE_KAFKA_BROKERS="$SLUICE_TEST_BROKERS" scripts/kafka.s
 if (($#)); then
   exec cargo test --locked "$@"
 fi
-cargo test --locked
+# --workspace: the sluice-wire crate's unit and property tests too.
+cargo test --locked --workspace
 # The client suites run against the binary cargo test just built, started by with-sluice.sh.
 echo "== TypeScript client (tsc --noEmit, node --test) against a live Sluice"
 (cd clients/typescript && npm ci --no-audit --no-fund)
@@ -33,9 +34,6 @@ echo "== benchmark harness smoke runs (no speed assertions)"
 cargo test --locked --bench e2e -- --quick
 cargo test --locked --bench sources -- --quick
 cargo test --locked --bench surfaces -- --quick
-# A bare `cargo test` covers only the root package, not the workspace's sluice-wire crate.
-echo "== sluice-wire unit and property tests"
-cargo test --locked -p sluice-wire
 echo "== fuzz smoke (each target ~30 s from the committed corpus)"
 scripts/fuzz.sh 30
 echo "== live dashboard check"
