@@ -67,6 +67,12 @@ path = "{db}"
 [log]
 format = "json"
 level = "info"
+# One load generator on one address holds up to 15,000 connections (S5): lift the caps that
+# would otherwise refuse it as one abusive client.
+[limits]
+max_connections = 100000
+max_connections_per_ip = 100000
+max_subscribers_per_stream = 100000
 {extra}
 "#,
             brokers = brokers(),

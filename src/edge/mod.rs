@@ -110,7 +110,7 @@ pub fn router(state: Shared) -> Router {
             state.clone(),
             count_rejections,
         ));
-    let router = match cors(&state.edge.cors_allowed_origins) {
+    let router = match cors(&state.edge) {
         Some(layer) => router.layer(layer),
         None => router,
     };
@@ -118,8 +118,10 @@ pub fn router(state: Shared) -> Router {
 }
 
 /// CORS for browser pages on other origins (`edge.cors_allowed_origins`), so the TypeScript
-/// client can send `Authorization` and `Last-Event-ID` from them. None when the list is empty.
-fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+/// client can send `Authorization` and `Last-Event-ID` from them; credentials (cookies) only with
+/// `edge.cors_allow_credentials`. None when the list is empty.
+fn cors(edge: &EdgeSettings) -> Option<tower_http::cors::CorsLayer> {
+    let origins = &edge.cors_allowed_origins;
     use axum::http::{HeaderName, HeaderValue, Method};
     use tower_http::cors::{AllowOrigin, CorsLayer};
     if origins.is_empty() {
@@ -139,6 +141,7 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
                 header::CONTENT_TYPE,
                 HeaderName::from_static("last-event-id"),
             ])
+            .allow_credentials(edge.cors_allow_credentials)
             .max_age(Duration::from_secs(3600)),
     )
 }

@@ -307,6 +307,8 @@ pub struct EdgeSettings {
     pub metrics_token: String,
     /// Origins whose browser pages may call the API (CORS); `"*"` allows any; empty: none.
     pub cors_allowed_origins: Vec<String>,
+    /// Whether allowed origins may send credentials (cookies); never with `"*"`.
+    pub cors_allow_credentials: bool,
     /// The reconnect delay SSE clients are told (`retry:`).
     #[serde(with = "humantime_serde")]
     pub sse_retry: Duration,
@@ -324,6 +326,7 @@ impl Default for EdgeSettings {
             metrics_token: String::new(),
             sse_retry: Duration::from_secs(2),
             cors_allowed_origins: Vec::new(),
+            cors_allow_credentials: false,
         }
     }
 }

@@ -115,6 +115,12 @@ impl Settings {
                 ));
             }
         }
+        if e.cors_allow_credentials && e.cors_allowed_origins.iter().any(|o| o == "*") {
+            return Err(invalid(
+                "edge.cors_allow_credentials",
+                "cannot be true while edge.cors_allowed_origins contains \"*\"",
+            ));
+        }
         if k.brokers.trim().is_empty() {
             return Err(invalid("kafka.brokers", "must name at least one broker"));
         }
@@ -163,11 +169,25 @@ mod tests {
     #[test]
     fn every_zero_that_would_panic_or_spin_is_refused_by_key() {
         type Set = fn(&mut Settings);
-        let cases: [(&str, Set); 17] = [
+        let cases: &[(&str, Set)] = &[
+            ("limits.max_connections", |s| s.limits.max_connections = 0),
+            ("limits.requests_per_second", |s| {
+                s.limits.requests_per_second = 0
+            }),
+            ("limits.ws_idle_timeout", |s| {
+                s.limits.ws_idle_timeout = Duration::ZERO
+            }),
+            ("auth.jwks_reload_interval", |s| {
+                s.auth.jwks_reload_interval = Duration::ZERO
+            }),
             ("edge.sse_retry", |s| s.edge.sse_retry = Duration::ZERO),
             ("grpc.max_event_types", |s| s.grpc.max_event_types = 0),
             ("edge.cors_allowed_origins", |s| {
                 s.edge.cors_allowed_origins = vec!["https://app.example.com/path".into()]
+            }),
+            ("edge.cors_allow_credentials", |s| {
+                s.edge.cors_allowed_origins = vec!["*".into()];
+                s.edge.cors_allow_credentials = true;
             }),
             ("edge.cors_allowed_origins", |s| {
                 s.edge.cors_allowed_origins = vec!["app.example.com".into()]
