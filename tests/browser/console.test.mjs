@@ -209,7 +209,7 @@ test('the console asks for the token and keeps it across a reload in the same ta
   const refused = statuses.length;
   await waitFor(() => statuses.length > refused, { timeout: 10000, what: 'a background refresh' });
   assert.ok(await prompt.isHidden(), 'the dismissed prompt stays closed');
-  await page.locator('[data-testid="streams-error"]', { hasText: 'unauthorized' }).waitFor();
+  await page.locator('[data-testid="streams-error"]', { hasText: 'missing_token' }).waitFor();
   await page.click('[data-testid="token-change"]');
   await prompt.waitFor({ state: 'visible' });
 
