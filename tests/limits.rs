@@ -287,6 +287,15 @@ async fn slow_requests_get_408_and_slow_headers_are_cut_off() {
         "others are served meanwhile"
     );
     assert_eq!(slow.unwrap().status(), 408);
+    // gRPC has the same bound on the time to a response.
+    let mut grpc = common::grpc::client(&app).await;
+    let call = grpc.subscribe_events(sluice::edge::grpc::proto::SubscribeRequest {
+        stream_id: "never-appears".into(),
+        last_event_id: None,
+        event_types: vec![],
+    });
+    let status = tokio::time::timeout(WAIT, call).await.unwrap().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
     // A client that never finishes its headers is disconnected.
     let mut c = connect_from("127.0.0.1", app.addr).await;
     c.write_all(b"GET /healthz HTTP/1.1\r\nhost: sl")

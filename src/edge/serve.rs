@@ -1,6 +1,6 @@
 //! The HTTP server loop: accepts TCP connections, admits them through the connection caps, and
-//! serves each with hyper (HTTP/1.1 with upgrades, and HTTP/2), a header-read timeout and the
-//! caller's address as `ConnectInfo`. A connection over a cap is answered with a one-off
+//! serves each with hyper (HTTP/1.1 with upgrades and a header-read timeout, or HTTP/2 with bounded
+//! concurrent streams and keep-alive pings) and the caller's address as `ConnectInfo`. A connection over a cap is answered with a one-off
 //! `429`/`503` JSON response and closed. On `stop`, open connections finish their current requests
 //! and close; streaming bodies end because their subscriptions end.
 
@@ -97,11 +97,20 @@ impl tonic::transport::server::Connected for Gated {
 
 /// Serves `router` on `listener` until `stop`, then lets open connections finish.
 pub async fn run(listener: TcpListener, router: Router, state: Shared, stop: CancellationToken) {
+    let limits = &state.limits;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(state.limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout);
+    // HTTP/2 without TLS (prior knowledge): bounded concurrency, and a peer that stops answering
+    // pings is dropped like an idle WebSocket.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .keep_alive_interval(limits.ws_idle_timeout / 3)
+        .keep_alive_timeout(limits.ws_idle_timeout / 3);
     let connections = TaskTracker::new();
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     loop {

@@ -58,6 +58,8 @@ pub struct LimitsSettings {
     pub max_connections_per_ip: usize,
     /// Live SSE and WebSocket subscribers of one stream; past it 503.
     pub max_subscribers_per_stream: usize,
+    /// Concurrent HTTP/2 streams (gRPC calls, h2c requests) on one connection; more wait.
+    pub max_streams_per_connection: u32,
     /// Stream requests per second per identity (token subject, static token or client IP).
     pub requests_per_second: u32,
     /// Requests an identity may make at once before the rate applies.
@@ -70,7 +72,8 @@ pub struct LimitsSettings {
     /// Longest time a client may take to send a request's headers (the connection is closed).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// A WebSocket from which nothing (not even a pong) arrives for this long is closed.
+    /// A WebSocket from which nothing (not even a pong) arrives for this long is closed; an HTTP/2
+    /// connection (gRPC included) that does not answer the server's pings for this long too.
     #[serde(with = "humantime_serde")]
     pub ws_idle_timeout: Duration,
 }
@@ -81,6 +84,7 @@ impl Default for LimitsSettings {
             max_connections: 20_000,
             max_connections_per_ip: 1_000,
             max_subscribers_per_stream: 10_000,
+            max_streams_per_connection: 256,
             requests_per_second: 20,
             request_burst: 40,
             max_tracked_identities: 100_000,

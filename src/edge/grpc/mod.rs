@@ -157,7 +157,14 @@ impl GrpcServer {
                     .await;
             }
         };
+        let limits = &self.state.limits;
+        // The HTTP edge's limits, in gRPC terms: time to a response head, concurrent calls per
+        // connection, and pings that drop a peer which stopped answering.
         tonic::transport::Server::builder()
+            .timeout(limits.request_timeout)
+            .max_concurrent_streams(limits.max_streams_per_connection)
+            .http2_keepalive_interval(Some(limits.ws_idle_timeout / 3))
+            .http2_keepalive_timeout(Some(limits.ws_idle_timeout / 3))
             .add_service(health)
             .add_service(reflection)
             .add_service(InterceptedService::new(streams, auth))
