@@ -85,7 +85,9 @@ async fn serve(state: Shared, caller: Caller, socket: WebSocket) {
     let shutdown = state.subs.shutdown.clone();
     let idle = state.limits.ws_idle_timeout;
     let mut heard = Instant::now();
-    let mut ping = tokio::time::interval_at(Instant::now() + idle / 3, idle / 3);
+    // At least 1 ms: a zero period would panic, and validation only refuses a zero timeout.
+    let every = (idle / 3).max(std::time::Duration::from_millis(1));
+    let mut ping = tokio::time::interval_at(Instant::now() + every, every);
     let mut s = Socket {
         state,
         caller,

@@ -30,7 +30,7 @@ pub enum TokenError {
     /// No configured key verifies the token's algorithm and key id.
     #[error("no key for algorithm {0:?}")]
     NoKey(Algorithm),
-    /// The `streams` or `types` claim is over the limits.
+    /// The `sub`, `streams` or `types` claim is over the limits.
     #[error("claim {0} has too many or too long patterns")]
     Claims(&'static str),
 }
@@ -104,6 +104,13 @@ impl Identity {
         }
         if !bounded(&claims.types) {
             return Err(TokenError::Claims("types"));
+        }
+        if claims
+            .sub
+            .as_ref()
+            .is_some_and(|s| s.len() > crate::event::MAX_OWNER_LEN)
+        {
+            return Err(TokenError::Claims("sub"));
         }
         Ok(Identity {
             subject: claims.sub.filter(|s| !s.is_empty()),

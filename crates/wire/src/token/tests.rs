@@ -162,6 +162,14 @@ fn claims_over_the_limits_are_refused() {
         hs_ring().verify(&t, &policy()).unwrap_err().reason(),
         "token_claims"
     );
+    let t = hs(
+        good(json!({"sub": "s".repeat(crate::event::MAX_OWNER_LEN + 1)})),
+        b"s3cret",
+    );
+    assert_eq!(
+        hs_ring().verify(&t, &policy()).unwrap_err().reason(),
+        "token_claims"
+    );
     let long = "a".repeat(MAX_PATTERN_LEN + 1);
     let t = hs(good(json!({"types": [long]})), b"s3cret");
     assert_eq!(
