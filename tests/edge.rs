@@ -4,39 +4,11 @@
 mod common;
 
 use common::*;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn ws_connect(app: &TestApp) -> Ws {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr))
-        .await
-        .expect("ws connect");
-    ws
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into())).await.unwrap();
-}
-
-async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("ws frame in time")
-            .expect("socket open")
-            .unwrap();
-        if let Message::Text(t) = msg {
-            let v: Value = serde_json::from_str(&t).unwrap();
-            if !v["type"].as_str().unwrap_or("").ends_with(":heartbeat") {
-                return v;
-            }
-        }
-    }
-}
+use common::ws::{connect as ws_connect, recv, send};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_request_streams_events_and_cancel_produces_cancelled() {

@@ -161,21 +161,9 @@ async fn subscribers_over_the_per_stream_cap_get_503_and_others_keep_receiving()
         r.json::<Value>().await.unwrap()["error"]["code"],
         "too_many_subscribers"
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr))
-        .await
-        .unwrap();
-    ws.send(Message::Text(
-        json!({"type": "subscribe", "stream_id": busy})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    let frame = loop {
-        if let Message::Text(t) = ws.next().await.unwrap().unwrap() {
-            break serde_json::from_str::<Value>(t.as_str()).unwrap();
-        }
-    };
+    let mut ws = common::ws::connect(&app).await;
+    common::ws::send(&mut ws, json!({"type": "subscribe", "stream_id": busy})).await;
+    let frame = common::ws::recv(&mut ws).await;
     assert_eq!(frame["payload"]["code"], "too_many_subscribers", "{frame}");
     assert_eq!(frame["payload"]["status"], 503);
     let mut other = app.sse(&quiet, None).await;
@@ -250,14 +238,8 @@ async fn requests_over_the_rate_get_429_with_retry_after_per_identity() {
     // The same bucket guards WebSocket requests.
     let url = format!("ws://{}/ws?access_token={alice}", app.addr);
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    ws.send(Message::Text(ticks(json!({"count": 1})).to_string().into()))
-        .await
-        .unwrap();
-    let frame = loop {
-        if let Message::Text(t) = ws.next().await.unwrap().unwrap() {
-            break serde_json::from_str::<Value>(t.as_str()).unwrap();
-        }
-    };
+    common::ws::send(&mut ws, ticks(json!({"count": 1}))).await;
+    let frame = common::ws::recv(&mut ws).await;
     assert_eq!(frame["payload"]["code"], "rate_limited", "{frame}");
     assert!(app
         .metrics_text()

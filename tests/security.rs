@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use common::grpc::{expect_refusal, refusal};
 use common::*;
-use futures::{SinkExt, StreamExt};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 use sluice::edge::grpc::proto::streams_client::StreamsClient;
 use sluice::edge::grpc::proto::{StreamRef, SubscribeRequest};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tonic::Code;
 
 const SECRET: &[u8] = b"matrix-secret";
@@ -323,17 +322,10 @@ async fn ws_cell(app: &TestApp, id: &str, token: Option<&str>, expect: &Expect, 
         (_, Ok((ws, _))) => ws,
         (_, Err(e)) => panic!("{cell}: upgrade refused: {e}"),
     };
-    let subscribe = json!({"type": "subscribe", "stream_id": id}).to_string();
-    ws.send(Message::Text(subscribe.into())).await.unwrap();
+    common::ws::send(&mut ws, json!({"type": "subscribe", "stream_id": id})).await;
     let mut stored = 0;
     loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let Message::Text(t) = msg else { continue };
-        let frame: Value = serde_json::from_str(t.as_str()).unwrap();
+        let frame = common::ws::recv(&mut ws).await;
         match expect {
             Expect::Forbidden => {
                 assert_eq!(frame["type"], "error", "{cell}: {frame}");

@@ -70,7 +70,8 @@ impl PendingOwners {
     }
 }
 
-fn forbidden(id: &StreamId) -> ApiError {
+/// The refusal for a stream the caller may not see, worded the same whether it exists or not.
+pub(crate) fn forbidden(id: &StreamId) -> ApiError {
     ApiError::Forbidden(format!(
         "stream {id} does not exist or this token does not grant it"
     ))

@@ -68,7 +68,6 @@ pub struct Authenticator {
     metrics_token: Option<Digest>,
     /// The JWT keys; replaced whole when the JWKS file changes.
     keyring: RwLock<Arc<Keyring>>,
-    jwt: bool,
     policy: Policy,
     settings: AuthSettings,
 }
@@ -84,8 +83,7 @@ impl Authenticator {
                 .collect(),
             metrics_token: (!edge.metrics_token.is_empty())
                 .then(|| sha256(edge.metrics_token.as_bytes())),
-            keyring: RwLock::new(Arc::new(load_keys(auth)?)),
-            jwt: auth.jwt_enabled(),
+            keyring: RwLock::new(Arc::new(load_keys(auth, None)?)),
             policy: Policy {
                 issuers: auth.issuers.clone(),
                 audiences: auth.audiences.clone(),
@@ -97,7 +95,7 @@ impl Authenticator {
 
     /// Whether callers must present a token.
     pub fn required(&self) -> bool {
-        self.jwt || !self.admins.is_empty()
+        self.settings.jwt_enabled() || !self.admins.is_empty()
     }
 
     /// The identity a presented token grants, or why it grants none.
@@ -111,7 +109,7 @@ impl Authenticator {
         if matches_any(&self.admins, token) {
             return Ok(Identity::admin());
         }
-        if !self.jwt {
+        if !self.settings.jwt_enabled() {
             return Err(ApiError::Unauthorized("invalid_token"));
         }
         let keyring = self.keyring.read().map(|k| k.clone());
@@ -155,7 +153,7 @@ impl Authenticator {
             if seen.as_ref() == Some(&bytes) {
                 continue;
             }
-            match load_keys(&self.settings) {
+            match load_keys(&self.settings, Some(&bytes)) {
                 Ok(keys) => {
                     if let Ok(mut k) = self.keyring.write() {
                         *k = Arc::new(keys);
@@ -169,8 +167,9 @@ impl Authenticator {
     }
 }
 
-/// Builds the keyring from every configured source.
-fn load_keys(auth: &AuthSettings) -> Result<Keyring, Error> {
+/// Builds the keyring from every configured source; `jwks` is the JWKS file's content when the
+/// caller has just read it.
+fn load_keys(auth: &AuthSettings, jwks: Option<&[u8]>) -> Result<Keyring, Error> {
     let mut ring = Keyring::default();
     if !auth.jwt_secret.is_empty() {
         ring.add_hs256(auth.jwt_secret.as_bytes());
@@ -191,8 +190,15 @@ fn load_keys(auth: &AuthSettings) -> Result<Keyring, Error> {
         })?;
     }
     if let Some(path) = &auth.jwks_file {
-        let json = read("auth.jwks_file", path)?;
-        ring.add_jwks(&json).map_err(|source| Error::Key {
+        let read_now;
+        let json = match jwks {
+            Some(bytes) => bytes,
+            None => {
+                read_now = read("auth.jwks_file", path)?;
+                &read_now
+            }
+        };
+        ring.add_jwks(json).map_err(|source| Error::Key {
             key: "auth.jwks_file",
             path: path.clone(),
             source,

@@ -52,12 +52,6 @@ impl<K: Hash + Eq + Clone> Slots<K> {
         })
     }
 
-    /// Holders of `key` now.
-    pub fn held(&self, key: &K) -> usize {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        counts.get(key).copied().unwrap_or(0)
-    }
-
     /// Keys with at least one holder.
     pub fn keys(&self) -> usize {
         self.counts.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -212,11 +206,6 @@ impl RequestRate {
     pub fn sweep(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
-    }
-
-    /// Identities tracked now.
-    pub fn tracked(&self) -> usize {
-        self.limiter.len()
     }
 }
 

@@ -267,9 +267,7 @@ impl EdgeState {
                 .identity
                 .may_access(id.as_str(), record.request.owner.as_deref())
             {
-                return Err(ApiError::Forbidden(format!(
-                    "stream {id} does not exist or this token does not grant it"
-                )));
+                return Err(access::forbidden(&id));
             }
             return Ok((id, true));
         }

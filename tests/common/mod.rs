@@ -5,6 +5,7 @@
 pub mod grpc;
 pub mod process;
 pub mod source;
+pub mod ws;
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;

@@ -197,11 +197,6 @@ pub struct Keyring {
 }
 
 impl Keyring {
-    /// Whether no key is configured (JWTs are then not accepted at all).
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
     /// Adds an HS256 shared secret.
     pub fn add_hs256(&mut self, secret: &[u8]) {
         self.keys.push(Key {
