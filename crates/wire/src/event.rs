@@ -547,4 +547,16 @@ mod tests {
         }
         assert_eq!(Request::parse(ok, 10).unwrap_err().reason(), "too_large");
     }
+
+    #[test]
+    fn payload_numbers_survive_re_encoding() {
+        // A long mantissa with an exponent: serde_json's default float parser may round it to a
+        // neighbouring f64, which then prints and parses back to a different value.
+        let raw = br#"{"type":"demo:stream_ticks:v1:requested","payload":{"x":[444444444444444444444444444444444441e11,0.30000000000000004,1.7976931348623157e308]}}"#;
+        let r = Request::parse(raw, 1024).unwrap();
+        let back = Request::parse(&r.to_json(), 1024).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.to_json(), r.to_json());
+        assert_eq!(r.payload["x"][0].as_f64(), Some(4.444444444444444e46));
+    }
 }
