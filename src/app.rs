@@ -20,6 +20,8 @@ use crate::edge::{self, EdgeState};
 use crate::handlers::http::HttpSource;
 use crate::handlers::kafka::{KafkaSource, Tails};
 use crate::handlers::Registry;
+use crate::kafka::changelog::follower::Owned;
+use crate::kafka::changelog::{Changelog, Follower};
 use crate::kafka::intake::Intake;
 use crate::kafka::producer::Journal;
 use crate::kafka::reader::Reader;
@@ -28,8 +30,10 @@ use crate::retention::{Sweeper, TopicBudget};
 use crate::settings::{Settings, SourceSettings};
 use crate::store::Store;
 use crate::stream::hub::Hub;
+use crate::stream::ownership::Ownership;
 use crate::stream::pool::Pool;
 use crate::stream::provider::Provider;
+use crate::stream::records::Records;
 use crate::stream::subscription::Subscriptions;
 
 /// A built, not yet running, Sluice.
@@ -43,6 +47,7 @@ pub struct App {
     store: Store,
     pool: Pool,
     intake: Intake,
+    follower: Follower,
     edge: Arc<EdgeState>,
     sweeper: Sweeper,
     streams: TaskTracker,
@@ -83,6 +88,22 @@ impl App {
         let journal = Arc::new(Journal::new(&settings.kafka, metrics.clone())?);
         let reader = Arc::new(Reader::new(&settings.kafka)?);
         ensure_intake_topics(&journal, &settings).await?;
+        // Ownership follows the intake topic's real partition count, which an operator may have
+        // set when creating it; the changelog must match it.
+        let partitions = journal
+            .partition_count(&settings.intake.topic)
+            .await
+            .context("intake topic metadata")?;
+        let changelog = Arc::new(Changelog::new(
+            journal.clone(),
+            &settings.intake.changelog(),
+            partitions,
+        ));
+        changelog
+            .ensure(settings.kafka.stream_topic_replication)
+            .await
+            .context("changelog topic")?;
+        let records = Records::new(store.clone(), changelog.clone());
         let hub = Hub::new();
         let streams = TaskTracker::new();
         let subscriptions = TaskTracker::new();
@@ -90,7 +111,7 @@ impl App {
         let provider = Arc::new(Provider {
             journal: journal.clone(),
             reader: reader.clone(),
-            store: store.clone(),
+            records: records.clone(),
             hub: hub.clone(),
             metrics: metrics.clone(),
             registry: registry.clone(),
@@ -102,8 +123,10 @@ impl App {
             existing,
         ));
         metrics.stream_topics_in_use(existing);
+        let owned = Arc::new(Owned::default());
         let sweeper = Sweeper {
-            store: store.clone(),
+            records: records.clone(),
+            owned: owned.clone(),
             journal: journal.clone(),
             budget: budget.clone(),
             metrics: metrics.clone(),
@@ -115,13 +138,32 @@ impl App {
             stream_stop.clone(),
             budget.clone(),
         );
+        let follower = Follower::new(
+            &settings.kafka,
+            &changelog,
+            store.clone(),
+            owned.clone(),
+            metrics.clone(),
+        )?;
+        let ownership = Arc::new(Ownership::new(
+            pool.clone(),
+            owned,
+            follower.positions(),
+            follower.client(),
+            changelog.topic(),
+            metrics.clone(),
+            settings.shutdown.grace_period,
+            streams.clone(),
+        ));
         let intake = Intake::new(
             &settings.kafka,
             &settings.intake,
             journal.clone(),
             pool.clone(),
+            hub.clone(),
             registry.clone(),
             metrics.clone(),
+            ownership,
         )?;
         let subs = Arc::new(Subscriptions {
             hub: hub.clone(),
@@ -144,6 +186,7 @@ impl App {
             edge: settings.edge.clone(),
             grpc: settings.grpc.clone(),
             intake_assigned: intake.assigned_flag(),
+            intake_partitions: partitions,
             budget,
             auth: Arc::new(
                 edge::auth::Authenticator::new(&settings.edge, &settings.auth)
@@ -173,6 +216,7 @@ impl App {
             store,
             pool,
             intake,
+            follower,
             edge,
             sweeper,
             streams,
@@ -198,14 +242,14 @@ impl App {
         let grace = self.settings.shutdown.grace_period;
         tracing::info!(addr = %self.addr, grpc = %self.grpc_addr, "sluice is running");
         let tasks = TaskTracker::new();
-        // Interrupted streams resume in the background: the edge and /healthz never wait for them.
-        let pool = self.pool.clone();
-        tasks.spawn(async move {
-            match pool.resume_interrupted().await {
-                Ok(resumed) => tracing::info!(resumed, "interrupted streams relaunched"),
-                Err(e) => tracing::error!(error = %e, "interrupted streams could not be listed"),
-            }
-        });
+        // Interrupted streams resume when the group assigns their partitions (`stream::ownership`),
+        // after the follower restored them: the edge and /healthz never wait for them.
+        let follower_stop = CancellationToken::new();
+        let follower = {
+            let stop = follower_stop.clone();
+            let f = self.follower;
+            tasks.spawn_blocking(move || f.run(stop))
+        };
         let intake_stop = CancellationToken::new();
         let intake = tasks.spawn(self.intake.run(intake_stop.clone()));
         tasks.spawn(self.sweeper.run(intake_stop.clone()));
@@ -251,6 +295,11 @@ impl App {
         step("streams", grace, self.streams.wait()).await;
         self.sources.close();
         step("source consumers", grace, self.sources.wait()).await;
+        follower_stop.cancel();
+        step("changelog follower", grace, async {
+            let _ = follower.await;
+        })
+        .await;
         step("producer flush", grace, async {
             if let Err(e) = self.journal.flush(grace).await {
                 tracing::warn!(error = %e, "producer flush incomplete");

@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::kafka::changelog::follower::Owned;
 use crate::kafka::producer::Journal;
 use crate::metrics::Metrics;
 use crate::settings::RetentionSettings;
-use crate::store::Store;
+use crate::stream::records::Records;
 
 /// How many stream topics exist (or are about to), against the configured cap.
 pub struct TopicBudget {
@@ -66,7 +67,9 @@ impl TopicBudget {
 /// The background sweeper.
 pub struct Sweeper {
     /// Stream records.
-    pub store: Store,
+    pub records: Records,
+    /// The partitions this instance owns: it sweeps only their streams.
+    pub owned: Arc<Owned>,
     /// Topic deletion.
     pub journal: Arc<Journal>,
     /// The budget to give deleted topics back to.
@@ -98,33 +101,36 @@ impl Sweeper {
     pub async fn sweep_once(&self) -> anyhow::Result<usize> {
         let retention = chrono::Duration::from_std(self.settings.stream_retention)?;
         let cutoff = chrono::Utc::now() - retention;
-        let expired: Vec<String> = self
-            .store
+        let n = self.records.partitions();
+        let expired: Vec<(String, i32)> = self
+            .records
+            .store()
             .scan()
             .await?
             .into_iter()
             .filter_map(|(id, rec)| {
-                rec.ok()
-                    .filter(|r| r.finished_at.is_some_and(|t| t < cutoff))
-                    .map(|_| id)
+                let r = rec.ok()?;
+                let p = r.partition_in(n);
+                let due = r.finished_at.is_some_and(|t| t < cutoff) && self.owned.contains(p);
+                due.then_some((id, p))
             })
             .collect();
         let mut swept = 0;
         for batch in expired.chunks(self.settings.delete_batch) {
             let topics: Vec<String> = batch
                 .iter()
-                .filter_map(|id| crate::event::StreamId::parse(id).ok())
+                .filter_map(|(id, _)| crate::event::StreamId::parse(id).ok())
                 .map(|id| self.journal.topic_for(&id))
                 .collect();
             let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
             self.journal.delete_topics(&refs).await?;
-            self.store.bury(batch.to_vec()).await?;
+            self.records.bury(batch.to_vec()).await?;
             self.budget.release(batch.len());
             swept += batch.len();
         }
         let tomb_cutoff =
             chrono::Utc::now() - chrono::Duration::from_std(self.settings.tombstone_retention)?;
-        let purged = self.store.purge_gone(tomb_cutoff).await?;
+        let purged = self.records.store().purge_gone(tomb_cutoff).await?;
         self.metrics
             .streams_swept(swept, purged, self.budget.used());
         Ok(swept)

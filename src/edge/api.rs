@@ -120,6 +120,7 @@ pub fn summary(state: &Shared, record: &StreamRecord, full: bool) -> serde_json:
     if full {
         if let (Some(map), Ok(id)) = (body.as_object_mut(), StreamId::parse(&record.stream_id)) {
             map.insert("attempts".into(), json!(record.attempts));
+            map.insert("partition".into(), json!(record.partition));
             map.insert("cursor".into(), json!(record.cursor));
             map.insert("links".into(), links(&id));
         }
@@ -221,19 +222,20 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     authorize(&state, &caller.identity, &id).await?;
-    cancel_stream(&state, &id).await?;
-    let body = json!({"stream_id": id.as_str(), "status": "cancelling"});
+    let routed = cancel_stream(&state, &id).await?;
+    let body = json!({"stream_id": id.as_str(), "status": "cancelling", "routed_to_owner": routed});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-/// Cancels a stream running here, or explains why it cannot.
-pub async fn cancel_stream(state: &Shared, id: &StreamId) -> Result<(), ApiError> {
+/// Cancels a stream: at once if it runs here, otherwise by a control message on the intake topic
+/// to the owner of its partition. Returns whether it was routed to another owner.
+pub async fn cancel_stream(state: &Shared, id: &StreamId) -> Result<bool, ApiError> {
     let finished = || ApiError::Conflict {
         code: "already_finished",
         message: format!("stream {id} already ended"),
     };
     match state.hub.cancel(id.as_str()) {
-        CancelOutcome::Cancelling => return Ok(()),
+        CancelOutcome::Cancelling => return Ok(false),
         CancelOutcome::AlreadyFinished => return Err(finished()),
         CancelOutcome::NotHere => {}
     }
@@ -242,10 +244,10 @@ pub async fn cancel_stream(state: &Shared, id: &StreamId) -> Result<(), ApiError
             code: "already_finished",
             message: format!("stream {id} already ended ({:?})", r.state).to_lowercase(),
         }),
-        Some(_) => Err(ApiError::Conflict {
-            code: "not_running_here",
-            message: format!("stream {id} is not running on this instance"),
-        }),
+        Some(r) => {
+            state.route_cancel(&r).await?;
+            Ok(true)
+        }
         None => Err(ApiError::NotFound(format!("stream {id} not found"))),
     }
 }

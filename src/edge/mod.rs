@@ -62,6 +62,8 @@ pub struct EdgeState {
     pub grpc: GrpcSettings,
     /// Whether intake holds a partition assignment.
     pub intake_assigned: Arc<AtomicBool>,
+    /// Partitions of the intake topic (and of the changelog).
+    pub intake_partitions: i32,
     /// The cap on live stream topics.
     pub budget: Arc<crate::retention::TopicBudget>,
     /// Token verification.
@@ -302,6 +304,25 @@ impl EdgeState {
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         Ok((id, false))
+    }
+
+    /// Sends a cancel for `record`'s stream to the owner of its intake partition: a control
+    /// message keyed by the stream id, in the partition the stream's request arrived on.
+    pub async fn route_cancel(&self, record: &crate::store::StreamRecord) -> Result<(), ApiError> {
+        use crate::kafka::intake::{CONTROL_CANCEL, CONTROL_HEADER};
+        let partition = record.partition_in(self.intake_partitions);
+        self.journal
+            .produce_at(
+                &self.intake.topic,
+                Some(partition),
+                &record.stream_id,
+                None,
+                &[(CONTROL_HEADER, CONTROL_CANCEL)],
+                "intake",
+            )
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        Ok(())
     }
 
     /// A subscriber slot of stream `id`, refused past `limits.max_subscribers_per_stream`.

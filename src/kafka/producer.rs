@@ -336,6 +336,20 @@ impl Journal {
         headers: &[(&str, &str)],
         topic_kind: &'static str,
     ) -> Result<impl Future<Output = Result<Stored, Error>> + Send + 'static, Error> {
+        self.enqueue_at(topic, None, key, Some(payload), headers, topic_kind)
+    }
+
+    /// [`Journal::enqueue`] to a chosen partition (else the key's), with `None` as the payload of a
+    /// tombstone.
+    pub fn enqueue_at(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: Option<&[u8]>,
+        headers: &[(&str, &str)],
+        topic_kind: &'static str,
+    ) -> Result<impl Future<Output = Result<Stored, Error>> + Send + 'static, Error> {
         let mut hs = OwnedHeaders::new_with_capacity(headers.len());
         for (k, v) in headers {
             hs = hs.insert(Header {
@@ -343,10 +357,13 @@ impl Journal {
                 value: Some(v.as_bytes()),
             });
         }
-        let record = FutureRecord::to(topic)
-            .key(key)
-            .payload(payload)
-            .headers(hs);
+        let mut record = FutureRecord::<str, [u8]>::to(topic).key(key).headers(hs);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
         let started = Instant::now();
         let delivery = match self.shard(key).send_result(record) {
             Ok(d) => d,
@@ -388,8 +405,22 @@ impl Journal {
         headers: &[(&str, &str)],
         topic_kind: &'static str,
     ) -> Result<Stored, Error> {
+        self.produce_at(topic, None, key, Some(payload), headers, topic_kind)
+            .await
+    }
+
+    /// [`Journal::produce`] to a chosen partition, with `None` as a tombstone's payload.
+    pub async fn produce_at(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: Option<&[u8]>,
+        headers: &[(&str, &str)],
+        topic_kind: &'static str,
+    ) -> Result<Stored, Error> {
         loop {
-            match self.enqueue(topic, key, payload, headers, topic_kind) {
+            match self.enqueue_at(topic, partition, key, payload, headers, topic_kind) {
                 Ok(ack) => return ack.await,
                 Err(Error::QueueFull) => tokio::time::sleep(Duration::from_millis(5)).await,
                 Err(e) => return Err(e),
@@ -428,5 +459,37 @@ impl Journal {
         })
         .await
         .unwrap_or(false)
+    }
+
+    /// How many partitions `topic` has, from the broker's metadata.
+    pub async fn partition_count(self: &Arc<Self>, topic: &str) -> Result<i32, Error> {
+        let me = self.clone();
+        let name = topic.to_owned();
+        let timeout = self.settings.operation_timeout;
+        // A topic created a moment ago may not be in every broker's metadata yet: ask again until
+        // it has partitions or `operation_timeout` passes.
+        let found = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let md = me.producers[0]
+                    .client()
+                    .fetch_metadata(Some(&name), Timeout::After(timeout))?;
+                let n = md
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == name && t.error().is_none())
+                    .map_or(0, |t| t.partitions().len() as i32);
+                if n > 0 || Instant::now() >= deadline {
+                    return Ok::<_, KafkaError>(n);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled));
+        found.map_err(|source| Error::Admin {
+            topic: topic.to_owned(),
+            source,
+        })
     }
 }

@@ -43,6 +43,14 @@ pub mod names {
     pub const EDGE_REJECTED: &str = "sluice_edge_rejected_total";
     /// Reloads of the JWKS file, by result.
     pub const JWKS_RELOADS: &str = "sluice_auth_jwks_reloads_total";
+    /// Intake partitions this instance owns.
+    pub const PARTITIONS_OWNED: &str = "sluice_partitions_owned";
+    /// Intake partitions assigned or revoked, by kind.
+    pub const REBALANCES: &str = "sluice_rebalances_total";
+    /// Time to restore an assigned partition's records from the changelog.
+    pub const CHANGELOG_RESTORE: &str = "sluice_changelog_restore_seconds";
+    /// Changelog records applied to the local store (other owners' writes).
+    pub const CHANGELOG_APPLIED: &str = "sluice_changelog_records_applied_total";
     /// Events replayed from Kafka to edge clients.
     pub const REPLAYED_EVENTS: &str = "sluice_replayed_events_total";
     /// Streams resumed after a restart.
@@ -66,6 +74,7 @@ pub mod names {
 }
 
 mod clients;
+mod cluster;
 mod security;
 mod sources;
 
@@ -108,6 +117,7 @@ pub struct Metrics {
     sources: sources::SourceMetrics,
     clients: clients::ClientMetrics,
     security: security::SecurityMetrics,
+    cluster: cluster::ClusterMetrics,
     /// `service:action` pairs that may appear as label values; everything else is `other`.
     kinds: HashMap<String, HashSet<String>>,
 }
@@ -230,6 +240,7 @@ impl Metrics {
             sources: sources::SourceMetrics::new(&registry)?,
             clients: clients::ClientMetrics::new(&registry)?,
             security: security::SecurityMetrics::new(&registry)?,
+            cluster: cluster::ClusterMetrics::new(&registry)?,
             registry: registry.clone(),
             kinds: HashMap::new(),
         };

@@ -232,6 +232,29 @@ pub struct IntakeSettings {
     pub group_id: String,
     /// Largest accepted request in bytes.
     pub max_request_bytes: usize,
+    /// The compacted changelog of stream records; empty derives it from `topic` (see
+    /// [`IntakeSettings::changelog`]).
+    pub changelog_topic: String,
+    /// How long the group waits for a silent instance before moving its partitions.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Static group membership (`group.instance.id`): a restarted instance with the same id gets
+    /// its partitions back without a rebalance. Unique per instance; empty for none.
+    pub instance_id: Option<String>,
+}
+
+impl IntakeSettings {
+    /// The changelog topic: `changelog_topic`, else `topic` with its `.requests` suffix replaced
+    /// by `.state` (`sluice.requests` gives `sluice.state`), else `topic` + `.state`.
+    pub fn changelog(&self) -> String {
+        if !self.changelog_topic.is_empty() {
+            return self.changelog_topic.clone();
+        }
+        match self.topic.strip_suffix(".requests") {
+            Some(base) => format!("{base}.state"),
+            None => format!("{}.state", self.topic),
+        }
+    }
 }
 
 impl Default for IntakeSettings {
@@ -242,6 +265,9 @@ impl Default for IntakeSettings {
             dlq_topic: "sluice.requests.dlq".into(),
             group_id: "sluice".into(),
             max_request_bytes: 64 * 1024,
+            changelog_topic: String::new(),
+            session_timeout: Duration::from_secs(10),
+            instance_id: None,
         }
     }
 }

@@ -144,9 +144,11 @@ impl Settings {
         if self.intake.topic_partitions < 1 {
             return Err(invalid("intake.topic_partitions", "must be at least 1"));
         }
+        let changelog = self.intake.changelog();
         for (key, topic) in [
             ("intake.topic", &self.intake.topic),
             ("intake.dlq_topic", &self.intake.dlq_topic),
+            ("intake.changelog_topic", &changelog),
         ] {
             if crate::event::StreamId::parse(topic).is_err() {
                 return Err(invalid(
@@ -157,6 +159,25 @@ impl Settings {
         }
         if self.intake.group_id.is_empty() {
             return Err(invalid("intake.group_id", "must not be empty"));
+        }
+        if changelog == self.intake.topic || changelog == self.intake.dlq_topic {
+            return Err(invalid(
+                "intake.changelog_topic",
+                "must differ from intake.topic and intake.dlq_topic",
+            ));
+        }
+        let session = self.intake.session_timeout;
+        if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&session) {
+            return Err(invalid(
+                "intake.session_timeout",
+                "must be between 1s and 300s",
+            ));
+        }
+        if self.intake.instance_id.as_deref() == Some("") {
+            return Err(invalid(
+                "intake.instance_id",
+                "must not be empty; leave it out for dynamic membership",
+            ));
         }
         self.handlers.validate()
     }

@@ -17,7 +17,10 @@ use serde_json::Value;
 
 use crate::event::Request;
 
+mod changelog;
 mod index;
+
+pub use changelog::Applied;
 
 pub use index::{Cursor, ListQuery, Page, MAX_SCAN};
 
@@ -102,6 +105,11 @@ pub struct StreamRecord {
     pub updated_at: DateTime<Utc>,
     /// When the stream ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The intake partition the request arrived on: the stream belongs to whichever instance owns
+    /// it, and its record lives in the same partition of the changelog. Absent in records written
+    /// before partitions were recorded; see [`StreamRecord::partition_in`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
 }
 
 impl StreamRecord {
@@ -120,6 +128,21 @@ impl StreamRecord {
             created_at: now,
             updated_at: now,
             finished_at: None,
+            partition: None,
+        }
+    }
+
+    /// The stream's partition among `partitions`: the recorded one, else a stable hash of the id
+    /// (records written before partitions were recorded).
+    pub fn partition_in(&self, partitions: i32) -> i32 {
+        match self.partition {
+            Some(p) => p,
+            None => {
+                let h = self.stream_id.bytes().fold(0x811c_9dc5_u32, |h, b| {
+                    (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+                });
+                (h % partitions.max(1) as u32) as i32
+            }
         }
     }
 }
@@ -210,13 +233,13 @@ impl Store {
         self.put_owned(record.clone(), durability).await
     }
 
-    /// Writes a stream's record, taking it (no copy).
+    /// Writes a stream's record, taking it (no copy). The caller stamps `updated_at`, so every copy
+    /// of a record (local and changelog) carries the same one.
     pub async fn put_owned(
         &self,
-        mut record: StreamRecord,
+        record: StreamRecord,
         durability: Durability,
     ) -> Result<(), Error> {
-        record.updated_at = Utc::now();
         self.blocking(move |db| {
             let bytes = serde_json::to_vec(&record).map_err(|e| Error::Corrupt {
                 stream_id: record.stream_id.clone(),

@@ -3,7 +3,9 @@
 //! fans acknowledged events out live, and subscriptions merge replay with the live tail.
 
 pub mod hub;
+pub mod ownership;
 pub mod pool;
 pub mod provider;
+pub mod records;
 pub mod subscription;
 pub mod writer;

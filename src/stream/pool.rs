@@ -1,12 +1,17 @@
 //! The worker pool: admits streams under a bound on concurrent runs, registers them (hub first,
-//! then a synced store record), launches their runs as tracked tasks, and resumes interrupted
-//! streams at start-up.
+//! then the record, acknowledged by the changelog and synced locally), and launches their runs as
+//! tracked tasks, grouped by the intake partition that owns them.
 //!
-//! When every permit is taken, `admit` waits: requests are never dropped. This module does not read
-//! Kafka; intake calls it.
+//! Runs exist only for partitions this instance owns: `open` starts a partition's group when it is
+//! assigned, `resume` relaunches its interrupted streams, and `close` stops them (they checkpoint
+//! and hand over, as at shutdown) and waits before the partition is given up. When every permit is
+//! taken, `admit` waits: requests are never dropped. This module does not read Kafka; intake calls
+//! it.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::FutureExt;
 
@@ -16,8 +21,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::event::{Request, StreamId};
 use crate::retention::TopicBudget;
-use crate::store::{self, Durability, StreamRecord};
+use crate::store::StreamRecord;
 use crate::stream::provider::{Launch, Provider};
+use crate::stream::records;
 
 /// What `admit` did with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,10 +32,16 @@ pub enum Admission {
     Started,
     /// The stream already exists (a redelivery or a repeated idempotency key); nothing ran.
     Duplicate,
-    /// The process is shutting down; the request was not registered.
+    /// The process is shutting down, or no longer owns the partition; nothing was registered.
     ShuttingDown,
     /// `retention.max_stream_topics` stream topics exist; the request was refused.
     AtCapacity,
+}
+
+/// The runs of one owned partition: stopped together when it is revoked.
+struct Partition {
+    stop: CancellationToken,
+    runs: TaskTracker,
 }
 
 /// The pool. Cheap to clone.
@@ -40,6 +52,7 @@ pub struct Pool {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     budget: Arc<TopicBudget>,
+    partitions: Arc<Mutex<HashMap<i32, Partition>>>,
 }
 
 impl Pool {
@@ -57,6 +70,7 @@ impl Pool {
             tracker,
             shutdown,
             budget,
+            partitions: Arc::default(),
         }
     }
 
@@ -68,19 +82,66 @@ impl Pool {
         }
     }
 
-    /// Registers and launches a stream unless it already exists. Waits while the pool is full.
+    /// The stop switch and task group of an owned partition, if it is owned.
+    fn partition(&self, p: i32) -> Option<(CancellationToken, TaskTracker)> {
+        let map = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&p).map(|g| (g.stop.clone(), g.runs.clone()))
+    }
+
+    /// Starts the run group of newly owned partitions.
+    pub fn open(&self, partitions: &[i32]) {
+        let mut map = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        for &p in partitions {
+            map.entry(p).or_insert_with(|| Partition {
+                stop: self.shutdown.child_token(),
+                runs: TaskTracker::new(),
+            });
+        }
+    }
+
+    /// Stops the runs of revoked partitions (each checkpoints and hands over) and waits up to
+    /// `grace` for them. Returns how many runs were stopped.
+    pub async fn close(&self, partitions: &[i32], grace: Duration) -> usize {
+        let groups: Vec<Partition> = {
+            let mut map = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+            partitions.iter().filter_map(|p| map.remove(p)).collect()
+        };
+        let mut stopped = 0;
+        for g in &groups {
+            stopped += g.runs.len();
+            g.stop.cancel();
+            g.runs.close();
+        }
+        let all = futures::future::join_all(groups.iter().map(|g| g.runs.wait()));
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!(
+                ?partitions,
+                grace_ms = grace.as_millis() as u64,
+                "revoked partitions' streams did not stop in time"
+            );
+        }
+        stopped
+    }
+
+    /// Registers and launches a stream of intake partition `partition` unless it already exists.
+    /// Waits while the pool is full.
     pub async fn admit(
         &self,
         stream_id: &StreamId,
         request: Request,
-    ) -> Result<Admission, store::Error> {
+        partition: i32,
+    ) -> Result<Admission, records::Error> {
         let Some(permit) = self.permit().await else {
             return Ok(Admission::ShuttingDown);
         };
         let p = &self.provider;
-        if p.store.get(stream_id.as_str()).await?.is_some() {
+        let store = p.records.store();
+        if store.get(stream_id.as_str()).await?.is_some() {
             return Ok(Admission::Duplicate);
         }
+        let Some(group) = self.partition(partition) else {
+            return Ok(Admission::ShuttingDown);
+        };
         if !self.budget.try_take() {
             return Ok(Admission::AtCapacity);
         }
@@ -88,15 +149,16 @@ impl Pool {
             self.budget.release(1);
             return Ok(Admission::Duplicate);
         };
-        let record = StreamRecord::new(stream_id.as_str(), request);
-        if let Err(e) = p.store.put(&record, Durability::Sync).await {
+        let mut record = StreamRecord::new(stream_id.as_str(), request);
+        record.partition = Some(partition);
+        if let Err(e) = p.records.register(&record).await {
             p.hub.remove(stream_id.as_str());
             self.budget.release(1);
             return Err(e);
         }
         p.metrics.stream_topics_in_use(self.budget.used());
         p.hub.announce(stream_id.as_str(), &record.request);
-        self.launch(permit, record, live, Launch::New);
+        self.launch(permit, record, live, Launch::New, group);
         Ok(Admission::Started)
     }
 
@@ -106,32 +168,37 @@ impl Pool {
         record: StreamRecord,
         live: Arc<crate::stream::hub::LiveStream>,
         launch: Launch,
+        (stop, runs): (CancellationToken, TaskTracker),
     ) {
         let provider = self.provider.clone();
-        let shutdown = self.shutdown.clone();
         let id = record.stream_id.clone();
-        self.tracker.spawn(async move {
-            let run = AssertUnwindSafe(provider.run(record, live, shutdown, launch));
+        let run = runs.track_future(async move {
+            let run = AssertUnwindSafe(provider.run(record, live, stop, launch));
             if run.catch_unwind().await.is_err() {
                 // The provider already left the hub (drop guard); the record is not terminal,
-                // so the stream resumes, from what its topic holds, on the next start.
+                // so the stream resumes, from what its topic holds, when its partition is next
+                // assigned.
                 tracing::error!(
                     stream_id = id,
-                    "stream run panicked outside its handler; it resumes on the next start"
+                    "stream run panicked outside its handler; it resumes on the next assignment"
                 );
             }
             drop(permit);
         });
+        self.tracker.spawn(run);
     }
 
-    /// Relaunches every stream that was pending or running when the process stopped. Records that
-    /// cannot be decoded are reported and skipped; the rest resume.
-    pub async fn resume_interrupted(&self) -> Result<usize, store::Error> {
+    /// Relaunches every stream of `partitions` that was pending or running when its last owner
+    /// stopped. Records that cannot be decoded are reported and skipped; the rest resume.
+    pub async fn resume(&self, partitions: &[i32]) -> Result<usize, crate::store::Error> {
+        let store = self.provider.records.store();
+        let n = self.provider.records.partitions();
         let mut resumed = 0;
-        for (id, rec) in self.provider.store.scan().await? {
+        for (id, rec) in store.scan().await? {
             let rec = match rec {
-                Ok(r) if !r.state.is_terminal() => r,
-                Ok(_) => continue,
+                Ok(r) if r.state.is_terminal() => continue,
+                Ok(r) if !partitions.contains(&r.partition_in(n)) => continue,
+                Ok(r) => r,
                 Err(e) => {
                     tracing::error!(stream_id = id, error = %e, code = "corrupt_record", "stream record cannot be resumed");
                     if let Err(e) = self.provider.fail_unreadable(&id).await {
@@ -143,11 +210,14 @@ impl Pool {
             let Some(permit) = self.permit().await else {
                 break;
             };
+            let Some(group) = self.partition(rec.partition_in(n)) else {
+                continue; // revoked again meanwhile
+            };
             let Some(live) = self.provider.hub.register(&id) else {
                 continue;
             };
-            // The scan is a snapshot: a stream admitted after start-up may have finished since.
-            let rec = match self.provider.store.get(&id).await {
+            // The scan is a snapshot: a stream admitted since may have finished.
+            let rec = match store.get(&id).await {
                 Ok(Some(now)) if !now.state.is_terminal() => now,
                 Ok(_) => {
                     self.provider.hub.remove(&id);
@@ -158,7 +228,7 @@ impl Pool {
                     rec
                 }
             };
-            self.launch(permit, rec, live, Launch::Resume);
+            self.launch(permit, rec, live, Launch::Resume, group);
             resumed += 1;
         }
         Ok(resumed)

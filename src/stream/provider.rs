@@ -24,8 +24,9 @@ use crate::kafka::producer::{self as journal, Journal};
 use crate::kafka::reader::Reader;
 use crate::metrics::Metrics;
 use crate::settings::ProviderSettings;
-use crate::store::{Durability, Store, StreamRecord, StreamState};
+use crate::store::{Durability, StreamRecord, StreamState};
 use crate::stream::hub::{Hub, Live, LiveStream};
+use crate::stream::records::Records;
 use crate::stream::writer::StreamWriter;
 
 /// Shared services a stream run needs. Cheap to share behind an `Arc`.
@@ -34,8 +35,8 @@ pub struct Provider {
     pub journal: Arc<Journal>,
     /// Replay reads, used to find what a resumed stream already wrote.
     pub reader: Arc<Reader>,
-    /// The stream store.
-    pub store: Store,
+    /// Stream records: the local store and the changelog.
+    pub records: Records,
     /// Live fan-out.
     pub hub: Hub,
     /// Metrics.
@@ -124,7 +125,7 @@ impl Provider {
         };
         let w = StreamWriter::new(
             self.journal.clone(),
-            self.store.clone(),
+            self.records.clone(),
             self.metrics.clone(),
             stream_id,
             record,

@@ -24,8 +24,9 @@ use tokio::task::JoinHandle;
 use crate::event::{Envelope, EventType, State, StreamId};
 use crate::kafka::producer::{self as journal, Journal, Stored};
 use crate::metrics::Metrics;
-use crate::store::{Durability, Store, StreamRecord};
+use crate::store::{Durability, StreamRecord};
 use crate::stream::hub::{Live, LiveStream, StoredEvent};
+use crate::stream::records::Records;
 
 /// An event handed to Kafka: its `seq`, state, envelope and the bytes sent.
 pub struct Written {
@@ -48,7 +49,7 @@ struct Checkpoints {
 }
 
 impl Checkpoints {
-    fn start(store: Store, id: StreamId) -> Checkpoints {
+    fn start(records: Records, id: StreamId) -> Checkpoints {
         let (newest, mut rx) = watch::channel::<Option<StreamRecord>>(None);
         let task = tokio::spawn(async move {
             // Ends once the sender is gone and the last snapshot is written.
@@ -56,7 +57,7 @@ impl Checkpoints {
                 let Some(record) = rx.borrow_and_update().clone() else {
                     continue;
                 };
-                if let Err(e) = store.put_owned(record, Durability::Buffered).await {
+                if let Err(e) = records.save(record, Durability::Buffered).await {
                     tracing::warn!(stream_id = %id, error = %e, "checkpoint not recorded");
                 }
             }
@@ -68,7 +69,7 @@ impl Checkpoints {
 /// Writes one stream's events in order.
 pub struct StreamWriter {
     journal: Arc<Journal>,
-    store: Store,
+    records: Records,
     metrics: Arc<Metrics>,
     /// The stream.
     pub id: StreamId,
@@ -93,7 +94,7 @@ impl StreamWriter {
     /// A writer for `record`'s stream.
     pub fn new(
         journal: Arc<Journal>,
-        store: Store,
+        records: Records,
         metrics: Arc<Metrics>,
         id: StreamId,
         record: StreamRecord,
@@ -103,7 +104,7 @@ impl StreamWriter {
             topic: journal.topic_for(&id),
             requested: record.request.event_type.clone(),
             journal,
-            store,
+            records,
             metrics,
             id,
             record,
@@ -138,9 +139,9 @@ impl StreamWriter {
 
     /// Hands a snapshot to the background checkpoint writer, replacing any not yet written.
     fn record_in_background(&mut self, snapshot: StreamRecord) {
-        let (store, id) = (&self.store, &self.id);
+        let (records, id) = (&self.records, &self.id);
         self.background
-            .get_or_insert_with(|| Checkpoints::start(store.clone(), id.clone()))
+            .get_or_insert_with(|| Checkpoints::start(records.clone(), id.clone()))
             .newest
             .send_replace(Some(snapshot));
     }
@@ -306,7 +307,7 @@ impl StreamWriter {
     /// Writes the record, after any checkpoint still being written in the background.
     pub async fn persist(&mut self, durability: Durability) {
         self.settle_checkpoints().await;
-        if let Err(e) = self.store.put(&self.record, durability).await {
+        if let Err(e) = self.records.save(self.record.clone(), durability).await {
             tracing::error!(stream_id = %self.id, error = %e, "stream record not written");
         }
     }

@@ -1,22 +1,22 @@
-//! Intake: the Kafka consumer of requested events, the dead-letter path for malformed ones, and
-//! at-least-once offset handling.
+//! Intake: the Kafka consumer of requested events (and of cancel requests routed to the owner of
+//! a stream's partition), the dead-letter path for malformed ones, at-least-once offset handling,
+//! and the rebalance callbacks that hand partitions between instances (`context`).
 //!
 //! An offset is stored only after its message is durably handled: the stream registered (or found
 //! to exist already), or the message written to the DLQ. Redelivery is harmless because a request
-//! without a `stream_id` gets one derived from its Kafka coordinates. This module does not run
-//! streams; the pool does.
+//! without a `stream_id` gets one derived from its Kafka coordinates. The consumer runs on a
+//! blocking thread so that a rebalance callback can wait for streams to stop or for the changelog
+//! to be restored before the group moves on. This module does not run streams; the pool does.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
-use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, Message};
+use rdkafka::Message;
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{Request, StreamId};
@@ -24,7 +24,13 @@ use crate::handlers::Registry;
 use crate::kafka::producer::{client_config, Journal};
 use crate::metrics::Metrics;
 use crate::settings::{IntakeSettings, KafkaSettings};
+use crate::stream::hub::{CancelOutcome, Hub};
+use crate::stream::ownership::Ownership;
 use crate::stream::pool::{Admission, Pool};
+
+mod context;
+
+use context::IntakeContext;
 
 /// Intake failures.
 #[derive(Debug, thiserror::Error)]
@@ -40,45 +46,18 @@ pub enum Error {
     },
 }
 
-/// Consumer callbacks: consumer lag from librdkafka statistics, and assignment state.
-pub struct IntakeContext {
-    metrics: Arc<Metrics>,
-    assigned: Arc<AtomicBool>,
-    topic: String,
-}
+/// The intake record header that marks a control message; its value names the command.
+pub const CONTROL_HEADER: &str = "sluice.control";
 
-impl ClientContext for IntakeContext {
-    fn stats(&self, stats: Statistics) {
-        if let Some(t) = stats.topics.get(&self.topic) {
-            let lag: i64 = t
-                .partitions
-                .iter()
-                .filter(|(p, _)| **p >= 0)
-                .map(|(_, p)| p.consumer_lag.max(0))
-                .sum();
-            self.metrics.intake_lag.set(lag);
-        }
-    }
-}
-
-impl ConsumerContext for IntakeContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = tpl.count(), "intake partitions assigned");
-                self.assigned.store(true, Ordering::Release);
-            }
-            Rebalance::Revoke(_) => self.assigned.store(false, Ordering::Release),
-            Rebalance::Error(e) => tracing::warn!(error = %e, "intake rebalance error"),
-        }
-    }
-}
+/// The control command that cancels the stream named by the message key.
+pub const CONTROL_CANCEL: &str = "cancel";
 
 /// The intake loop's state.
 pub struct Intake {
-    consumer: Arc<StreamConsumer<IntakeContext>>,
+    consumer: BaseConsumer<IntakeContext>,
     journal: Arc<Journal>,
     pool: Pool,
+    hub: Hub,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     settings: IntakeSettings,
@@ -86,41 +65,55 @@ pub struct Intake {
 }
 
 impl Intake {
-    /// Creates the consumer and subscribes to the intake topic.
+    /// Creates the consumer and subscribes to the intake topic. Rebalances are handed to
+    /// `ownership`; this must be called inside the Tokio runtime.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         kafka: &KafkaSettings,
         settings: &IntakeSettings,
         journal: Arc<Journal>,
         pool: Pool,
+        hub: Hub,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
+        ownership: Arc<Ownership>,
     ) -> Result<Intake, Error> {
         let assigned = Arc::new(AtomicBool::new(false));
-        let ctx = IntakeContext {
-            metrics: metrics.clone(),
-            assigned: assigned.clone(),
-            topic: settings.topic.clone(),
-        };
+        let ctx = IntakeContext::new(
+            metrics.clone(),
+            assigned.clone(),
+            &settings.topic,
+            ownership,
+            Handle::current(),
+        );
         let err = |source| Error::Consumer {
             topic: settings.topic.clone(),
             source,
         };
-        let consumer: StreamConsumer<IntakeContext> = client_config(kafka)
+        let mut config = client_config(kafka);
+        config
             .set("group.id", &settings.group_id)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("statistics.interval.ms", "5000")
-            .set("session.timeout.ms", "10000")
-            .set("max.poll.interval.ms", "300000")
-            .create_with_context(ctx)
-            .map_err(err)?;
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set(
+                "session.timeout.ms",
+                settings.session_timeout.as_millis().to_string(),
+            )
+            .set("max.poll.interval.ms", "300000");
+        if let Some(id) = &settings.instance_id {
+            config.set("group.instance.id", id);
+        }
+        let consumer: BaseConsumer<IntakeContext> = config.create_with_context(ctx).map_err(err)?;
         consumer.subscribe(&[&settings.topic]).map_err(err)?;
         Ok(Intake {
-            consumer: Arc::new(consumer),
+            consumer,
             journal,
             pool,
+            hub,
             registry,
             metrics,
             settings: settings.clone(),
@@ -128,53 +121,62 @@ impl Intake {
         })
     }
 
-    /// Whether the consumer currently holds an assignment.
+    /// Whether the consumer has joined its group and received its (possibly empty) assignment.
     pub fn assigned_flag(&self) -> Arc<AtomicBool> {
         self.assigned.clone()
     }
 
-    /// Consumes until `cancel` fires, then commits the stored offsets.
+    /// Consumes until `cancel` fires, then commits the stored offsets and leaves the group (the
+    /// revocation stops this instance's streams and hands their partitions over).
     pub async fn run(self, cancel: CancellationToken) {
-        loop {
-            let msg = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break,
-                m = self.consumer.recv() => m,
-            };
-            match msg {
-                Ok(m) => {
-                    if !self.handle(&m, &cancel).await {
+        let handle = Handle::current();
+        let res = tokio::task::spawn_blocking(move || self.run_blocking(&handle, &cancel)).await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "intake consumer thread failed");
+        }
+    }
+
+    fn run_blocking(self, handle: &Handle, cancel: &CancellationToken) {
+        while !cancel.is_cancelled() {
+            match self.consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(m)) => {
+                    if !handle.block_on(self.handle(&m, cancel)) {
                         break;
                     }
                     if let Err(e) = self.consumer.store_offset_from_message(&m) {
                         tracing::warn!(error = %e, offset = m.offset(), "intake offset not stored");
                     }
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "intake consumer error");
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    }
+                    std::thread::sleep(Duration::from_millis(200));
                 }
             }
         }
-        let consumer = self.consumer.clone();
-        let committed =
-            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
-                .await;
-        match committed {
-            Ok(Ok(())) => tracing::info!("intake offsets committed"),
-            Ok(Err(e)) => {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => tracing::info!("intake offsets committed"),
+            Err(e) => {
                 tracing::info!(error = %e, "intake offsets not committed (nothing new, or broker unavailable)")
             }
-            Err(e) => tracing::warn!(error = %e, "intake commit task failed"),
         }
         self.consumer.unsubscribe();
+        // Serve the revocation that leaving the group causes, so it runs before the consumer closes.
+        for _ in 0..20 {
+            if self.consumer.poll(Duration::from_millis(50)).is_none()
+                && self.consumer.assignment().is_ok_and(|a| a.count() == 0)
+            {
+                break;
+            }
+        }
     }
 
     /// Handles one message durably. Returns false if the process is shutting down before it could.
     async fn handle(&self, m: &BorrowedMessage<'_>, cancel: &CancellationToken) -> bool {
+        if let Some(command) = header(m, CONTROL_HEADER) {
+            self.control(m, &command);
+            return true;
+        }
         let bytes = m.payload().unwrap_or_default();
         let mut request = match Request::parse(bytes, self.settings.max_request_bytes) {
             Ok(r) => r,
@@ -208,7 +210,11 @@ impl Intake {
             .unwrap_or_else(|| StreamId::from_coordinates(m.topic(), m.partition(), m.offset()));
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.pool.admit(&stream_id, request.clone()).await {
+            match self
+                .pool
+                .admit(&stream_id, request.clone(), m.partition())
+                .await
+            {
                 Ok(Admission::Started) => return true,
                 Ok(Admission::Duplicate) => {
                     tracing::info!(stream_id = %stream_id, offset = m.offset(), "duplicate request ignored; the stream exists");
@@ -232,6 +238,36 @@ impl Intake {
         }
     }
 
+    /// Carries out a control message routed to this partition's owner. Unknown commands and
+    /// cancels of streams not running here are logged and dropped: a control message is a request
+    /// to the running owner, not a record.
+    fn control(&self, m: &BorrowedMessage<'_>, command: &str) {
+        let id = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        if command != CONTROL_CANCEL {
+            let command: String = command.chars().take(40).collect();
+            tracing::warn!(
+                stream_id = id,
+                command,
+                offset = m.offset(),
+                "unknown intake control command ignored"
+            );
+            return;
+        }
+        let outcome = self.hub.cancel(&id);
+        tracing::info!(
+            stream_id = id,
+            ?outcome,
+            partition = m.partition(),
+            "cancel routed to this owner"
+        );
+        if outcome == CancelOutcome::NotHere {
+            tracing::warn!(
+                stream_id = id,
+                "routed cancel for a stream not running here ignored"
+            );
+        }
+    }
+
     /// Writes a malformed message to the DLQ with its reason; retries until stored or shut down.
     async fn dead_letter(
         &self,
@@ -247,12 +283,7 @@ impl Intake {
             .map(|k| String::from_utf8_lossy(k).into_owned())
             .unwrap_or_default();
         let source = format!("{}/{}/{}", m.topic(), m.partition(), m.offset());
-        let original_type = m
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "type"))
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default();
+        let original_type = header(m, "type").unwrap_or_default();
         let headers = [
             ("sluice.reason", reason),
             ("sluice.error", detail),
@@ -294,6 +325,14 @@ fn owner_of(m: &BorrowedMessage<'_>, request: &Request) -> Option<String> {
             .map(str::to_owned),
         None => request.owner_from_metadata(),
     }
+}
+
+/// A header's value as text (lossily decoded).
+fn header(m: &BorrowedMessage<'_>, key: &str) -> Option<String> {
+    m.headers()
+        .and_then(|h| h.iter().find(|h| h.key == key))
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// The intake record header carrying the requesting subject.

@@ -1,0 +1,73 @@
+//! Stream record writes: the local store and the changelog together, in the order that keeps the
+//! changelog the durable copy. Reads go to the local store, which the changelog follower keeps
+//! current for streams owned elsewhere.
+//!
+//! A registration is acknowledged by the changelog before it is written locally, so an intake
+//! offset is never stored for a stream another instance could not find. Later writes go to the
+//! local store first (a restarted instance resumes from it at once) and then to the changelog.
+
+use std::sync::Arc;
+
+use crate::kafka::changelog::{self, Changelog};
+use crate::store::{self, Durability, Store, StreamRecord};
+
+/// Record write failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// The changelog did not acknowledge the record.
+    #[error(transparent)]
+    Changelog(#[from] changelog::Error),
+}
+
+/// The writer of stream records. Cheap to clone.
+#[derive(Clone)]
+pub struct Records {
+    store: Store,
+    changelog: Arc<Changelog>,
+}
+
+impl Records {
+    /// Records written to `store` and `changelog`.
+    pub fn new(store: Store, changelog: Arc<Changelog>) -> Records {
+        Records { store, changelog }
+    }
+
+    /// The local store, for reads.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Partitions of the changelog (and of the intake topic).
+    pub fn partitions(&self) -> i32 {
+        self.changelog.partitions()
+    }
+
+    /// Registers a new stream: acknowledged by the changelog, then synced locally.
+    pub async fn register(&self, record: &StreamRecord) -> Result<(), Error> {
+        self.changelog.write(record).await?;
+        self.store.put(record, Durability::Sync).await?;
+        Ok(())
+    }
+
+    /// Writes a record locally with `durability`, then to the changelog, waiting for both.
+    pub async fn save(&self, record: StreamRecord, durability: Durability) -> Result<(), Error> {
+        let mut stamped = record;
+        stamped.updated_at = chrono::Utc::now();
+        self.store.put(&stamped, durability).await?;
+        self.changelog.write(&stamped).await?;
+        Ok(())
+    }
+
+    /// Replaces deleted streams' records with "gone" markers, here and (as tombstones) in the
+    /// changelog. `streams` are `(stream id, partition)`.
+    pub async fn bury(&self, streams: Vec<(String, i32)>) -> Result<(), Error> {
+        self.changelog.bury(&streams).await?;
+        self.store
+            .bury(streams.into_iter().map(|(id, _)| id).collect())
+            .await?;
+        Ok(())
+    }
+}
