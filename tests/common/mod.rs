@@ -330,21 +330,29 @@ pub struct SseClient {
 impl SseClient {
     /// Opens an SSE subscription at `url`, resuming after `last_event_id`.
     pub async fn connect(url: &str, last_event_id: Option<i64>) -> SseClient {
+        match SseClient::try_connect(url, last_event_id).await {
+            Ok(c) => c,
+            Err(e) => panic!("SSE subscribe to {url}: {e}"),
+        }
+    }
+
+    /// [`SseClient::connect`], with a failed connection or a status other than 200 as an error.
+    pub async fn try_connect(url: &str, last_event_id: Option<i64>) -> Result<SseClient, String> {
         let mut req = reqwest::Client::new().get(url);
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id.to_string());
         }
-        let resp = req.send().await.unwrap();
+        let resp = req.send().await.map_err(|e| e.to_string())?;
         if resp.status() != 200 {
             let status = resp.status();
-            panic!(
-                "SSE subscribe to {url}: {status} {}",
+            return Err(format!(
+                "{status} {}",
                 resp.text().await.unwrap_or_default()
-            );
+            ));
         }
-        SseClient {
+        Ok(SseClient {
             inner: Box::pin(resp.bytes_stream().eventsource()),
-        }
+        })
     }
 
     /// The next event, heartbeats included; `None` when the response ends.
@@ -362,6 +370,25 @@ impl SseClient {
             event: ev.event,
             data: serde_json::from_str(&ev.data).unwrap_or(Value::Null),
         })
+    }
+
+    /// The next stored event (heartbeats skipped); `None` when the response ends or breaks (its
+    /// server died).
+    pub async fn next_event_or_end(&mut self) -> Option<SseEvent> {
+        loop {
+            let ev = tokio::time::timeout(WAIT, self.inner.next())
+                .await
+                .expect("SSE event in time")?
+                .ok()?;
+            if ev.event.ends_with(":heartbeat") {
+                continue;
+            }
+            return Some(SseEvent {
+                id: ev.id.parse().ok(),
+                event: ev.event,
+                data: serde_json::from_str(&ev.data).unwrap_or(Value::Null),
+            });
+        }
     }
 
     /// The next stored event (heartbeats skipped).

@@ -20,7 +20,31 @@ pub struct Proc {
 /// Writes a settings file for a process with its store in `dir`, unique topics, and `extra`
 /// TOML appended (sections not named below).
 pub fn write_config(dir: &Path, provider: &str, extra: &str) -> PathBuf {
-    let tag = unique("d");
+    write_config_in(dir, &unique("d"), "topic_partitions = 1", provider, extra)
+}
+
+/// Settings files for `n` instances of one cluster: the same topics and consumer group, an intake
+/// topic of `partitions` partitions, a 6 s group session (the broker's default minimum; a dead
+/// instance's partitions move after it), and a store of their own each (in `dir/<i>`).
+pub fn write_cluster_configs(
+    dir: &Path,
+    n: usize,
+    partitions: i32,
+    provider: &str,
+    extra: &str,
+) -> Vec<PathBuf> {
+    let tag = unique("c");
+    (0..n)
+        .map(|i| {
+            let d = dir.join(i.to_string());
+            std::fs::create_dir_all(&d).unwrap();
+            let intake = format!("topic_partitions = {partitions}\nsession_timeout = \"6s\"");
+            write_config_in(&d, &tag, &intake, provider, extra)
+        })
+        .collect()
+}
+
+fn write_config_in(dir: &Path, tag: &str, intake: &str, provider: &str, extra: &str) -> PathBuf {
     let path = dir.join("settings.toml");
     let toml = format!(
         r#"
@@ -35,7 +59,7 @@ stream_topic_prefix = "sluice.test.{tag}."
 topic = "sluice.test.{tag}.requests"
 dlq_topic = "sluice.test.{tag}.dlq"
 group_id = "sluice-test-{tag}"
-topic_partitions = 1
+{intake}
 [provider]
 heartbeat_interval = "200ms"
 {provider}
@@ -170,6 +194,17 @@ impl Proc {
     pub async fn kill(mut self) {
         self.child.start_kill().unwrap();
         self.child.wait().await.unwrap();
+    }
+
+    /// Sends `signal` (a `kill` name such as `STOP` or `CONT`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("process running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {pid}");
     }
 
     /// Whether the process is still running.

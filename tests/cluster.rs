@@ -1,0 +1,302 @@
+//! Several Sluice instances in one consumer group, as real binaries against the real broker:
+//! streams belong to intake partitions, their records live in the changelog, and the loss of an
+//! instance moves its streams to the survivors with each `seq` stored exactly once.
+//!
+//! Every scenario starts several processes, so they run one at a time.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::process::{spawn, topic_prefix, write_cluster_configs, Proc};
+use common::*;
+use serde_json::{json, Value};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The sum of every sample of metric `name` (any labels) in a `/metrics` text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Partitions each process owns, once the group has spread all `partitions` over every process.
+async fn wait_spread(procs: &[&Proc], partitions: i32) -> Vec<i64> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut owned = Vec::new();
+        for p in procs {
+            owned.push(metric(&p.metrics().await, "sluice_partitions_owned") as i64);
+        }
+        if owned.iter().sum::<i64>() == i64::from(partitions) && owned.iter().all(|n| *n > 0) {
+            return owned;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partitions never spread over every instance: {owned:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until `id` has ended, as `p` sees it, and returns its status.
+async fn wait_finished(p: &Proc, id: &str, deadline: tokio::time::Instant) -> Value {
+    loop {
+        let st = p.status(id).await;
+        let state = st["state"].as_str().unwrap_or("");
+        if !state.is_empty() && state != "pending" && state != "running" {
+            return st;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream {id} never finished: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The fields of a status every instance must agree on once the stream has ended.
+fn settled(st: &Value) -> Value {
+    json!({
+        "state": st["state"], "chunks": st["chunks"], "last_event_id": st["last_event_id"],
+        "attempts": st["attempts"], "partition": st["partition"], "finished_at": st["finished_at"],
+        "updated_at": st["updated_at"], "cursor": st["cursor"],
+    })
+}
+
+/// Reads an SSE subscription at `bases[at]` until the stream ends; when the response breaks (its
+/// instance died), reconnects to another instance with `Last-Event-ID`. Returns every event and
+/// how many reconnects it took.
+async fn follow(
+    bases: Vec<String>,
+    mut at: usize,
+    id: String,
+    dead: usize,
+) -> (Vec<SseEvent>, usize) {
+    let mut events: Vec<SseEvent> = Vec::new();
+    let mut reconnects = 0;
+    loop {
+        let after = events.last().and_then(|e| e.id);
+        let url = format!("{}/v1/streams/{id}/events", bases[at]);
+        // A connection to the instance being killed may fail outright: that is a break too.
+        if let Ok(mut sse) = SseClient::try_connect(&url, after).await {
+            while let Some(ev) = sse.next_event_or_end().await {
+                let terminal = !matches!(ev.state(), "started" | "stream");
+                events.push(ev);
+                if terminal {
+                    return (events, reconnects);
+                }
+            }
+        }
+        reconnects += 1;
+        assert!(reconnects < 20, "{id}: too many reconnects");
+        if at == dead {
+            at = (dead + 1) % bases.len();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_an_owner_moves_its_streams_and_every_topic_stays_exact() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let configs = write_cluster_configs(dir.path(), 3, 6, "max_attempts = 50", "");
+    let prefix = topic_prefix(&configs[0]);
+    let mut procs = Vec::new();
+    for c in &configs {
+        procs.push(spawn(c).await);
+    }
+    let owned = wait_spread(&procs.iter().collect::<Vec<_>>(), 6).await;
+    eprintln!("partitions owned: {owned:?}");
+
+    // 60 streams over all three instances, with mixed checkpoint rates (none included).
+    const COUNT: u64 = 40;
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let every = [0, 1, 3, 7, 20][i % 5];
+        let id = procs[i % 3]
+            .request(json!({"type": "demo:stream_ticks:v1:requested",
+                "payload": {"count": COUNT, "interval_ms": 60, "checkpoint_every": every}}))
+            .await;
+        ids.push(id);
+    }
+    // The victim is the instance running the most streams now.
+    let mut running = vec![0usize; 3];
+    for id in &ids {
+        for (i, p) in procs.iter().enumerate() {
+            if p.status(id).await["running_here"] == true {
+                running[i] += 1;
+            }
+        }
+    }
+    let victim = (0..3).max_by_key(|i| running[*i]).unwrap();
+    assert!(running[victim] > 0, "no stream runs anywhere: {running:?}");
+    let victims: Vec<String> = {
+        let mut v = Vec::new();
+        for id in &ids {
+            if procs[victim].status(id).await["running_here"] == true {
+                v.push(id.clone());
+            }
+        }
+        v
+    };
+    // SSE clients of some of the victim's streams, connected to the victim itself and to a
+    // survivor; they must see every event once across the kill.
+    let followed: Vec<String> = victims.iter().take(4).cloned().collect();
+    let bases: Vec<String> = procs.iter().map(|p| p.base.clone()).collect();
+    let mut readers = Vec::new();
+    for (k, id) in followed.iter().enumerate() {
+        let at = if k % 2 == 0 { victim } else { (victim + 1) % 3 };
+        readers.push(tokio::spawn(follow(bases.clone(), at, id.clone(), victim)));
+    }
+    // Kill mid-stream: once the victim's streams have stored some chunks, none has finished.
+    let probe = &victims[0];
+    wait_until(|| async {
+        procs[victim].status(probe).await["chunks"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 5
+    })
+    .await;
+    let mut dead = procs.remove(victim);
+    dead.signal("KILL");
+    dead.child.wait().await.unwrap();
+    eprintln!(
+        "killed instance {victim}, which ran {} streams",
+        victims.len()
+    );
+
+    // Every stream ends, on the survivors, with each seq exactly once in its topic.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    for id in &ids {
+        let st = wait_finished(&procs[0], id, deadline).await;
+        assert_eq!(st["state"], "success", "{id}: {st}");
+    }
+    for id in &ids {
+        let topic = format!("{prefix}{id}");
+        let events: Vec<Value> = read_topic(&topic).await.iter().map(json_of).collect();
+        assert_topic_exact(&topic, &events, COUNT, "success");
+    }
+    let resumed = {
+        let mut n = 0;
+        for id in &victims {
+            if procs[0].status(id).await["attempts"].as_u64().unwrap_or(0) > 1 {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert!(
+        resumed > 0,
+        "no stream of the dead instance was resumed elsewhere"
+    );
+
+    // Every survivor gives the same answer for every stream.
+    for id in &ids {
+        let a = settled(&procs[0].status(id).await);
+        let b = settled(&procs[1].status(id).await);
+        assert_eq!(a, b, "{id}: status differs between instances");
+        assert_eq!(
+            a["partition"].as_i64().map(|p| (0..6).contains(&p)),
+            Some(true),
+            "{a}"
+        );
+    }
+
+    // The followers saw every event once, across the kill and a reconnect to a survivor.
+    let mut reconnected = 0;
+    for r in readers {
+        let (events, reconnects) = r.await.unwrap();
+        assert_complete(&events, COUNT, "success");
+        reconnected += reconnects;
+    }
+    assert!(
+        reconnected > 0,
+        "no SSE client was connected to the dead instance"
+    );
+
+    // The survivors took the dead instance's partitions.
+    let mut assigned = 0.0;
+    let mut restores = 0.0;
+    for p in &procs {
+        let m = p.metrics().await;
+        assigned += metric(&m, r#"sluice_rebalances_total{kind="assign"}"#);
+        restores += metric(&m, "sluice_changelog_restore_seconds_count");
+    }
+    assert!(assigned > 6.0, "partitions moved: {assigned}");
+    assert!(restores >= 3.0, "restores observed: {restores}");
+    let owned = wait_spread(&procs.iter().collect::<Vec<_>>(), 6).await;
+    eprintln!("after the kill: {owned:?}, {resumed} streams resumed elsewhere");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_sent_to_a_non_owner_cancels_the_stream() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let configs = write_cluster_configs(dir.path(), 2, 4, "", "");
+    let prefix = topic_prefix(&configs[0]);
+    let a = spawn(&configs[0]).await;
+    let b = spawn(&configs[1]).await;
+    wait_spread(&[&a, &b], 4).await;
+    let procs = [&a, &b];
+    // Streams until one runs on each instance, so each instance cancels one it does not run.
+    let mut by_owner: HashMap<usize, String> = HashMap::new();
+    for i in 0..40 {
+        if by_owner.len() == 2 {
+            break;
+        }
+        let id = procs[i % 2]
+            .request(json!({"type": "demo:stream_ticks:v1:requested",
+                "payload": {"count": 500, "interval_ms": 50}}))
+            .await;
+        wait_until(|| async {
+            let (x, y) = (a.status(&id).await, b.status(&id).await);
+            x["running_here"] == true || y["running_here"] == true
+        })
+        .await;
+        let owner = if a.status(&id).await["running_here"] == true {
+            0
+        } else {
+            1
+        };
+        by_owner.entry(owner).or_insert(id);
+    }
+    assert_eq!(by_owner.len(), 2, "streams landed on both instances");
+    for (owner, id) in &by_owner {
+        let other = procs[1 - owner];
+        let r = other
+            .http
+            .delete(format!("{}/v1/streams/{id}", other.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["routed_to_owner"], true, "{body}");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let st = wait_finished(other, id, deadline).await;
+        assert_eq!(st["state"], "cancelled", "{id}: {st}");
+        let events: Vec<Value> = read_topic(&format!("{prefix}{id}"))
+            .await
+            .iter()
+            .map(json_of)
+            .collect();
+        let last = events.last().unwrap();
+        assert!(
+            last["type"].as_str().unwrap().ends_with(":cancelled"),
+            "{id}: terminal event {last}"
+        );
+        assert!(
+            (events.len() as u64) < 500,
+            "{id}: cancelled long before its end, {} events",
+            events.len()
+        );
+    }
+}
