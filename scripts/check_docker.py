@@ -3,18 +3,29 @@
 
     check_docker.py [--root REPO] [--no-yaml] [-v]
 
-Checks docker/compose.yml, docker/prometheus.yml, docker/Dockerfile and the
-Grafana provisioning under dashboards/:
+Checks docker/compose.yml, docker/nginx.conf, docker/prometheus.yml,
+docker/Dockerfile and the Grafana provisioning under dashboards/:
 
   * compose.yml parses, has no obsolete `version:` key and defines the kafka,
-    sluice, prometheus and grafana services;
+    sluice-1, sluice-2, lb, prometheus and grafana services; no host port is
+    published twice;
   * kafka is a single-node KRaft broker whose advertised listener matches the
-    brokers Sluice is given, with a health check Sluice waits for;
-  * sluice's environment keys all start with SLUICE__ (or are RUST_LOG), its
-    build context and Dockerfile exist;
+    brokers every Sluice instance is given, with a health check they wait for;
+  * each Sluice instance: environment keys all start with SLUICE__ (or are
+    RUST_LOG), an intake instance id is set, the store lies on a named volume,
+    its gRPC port is published, its build context and Dockerfile exist;
+  * the instances together: distinct instance ids, distinct store volumes,
+    the same image and build, and the same brokers, topics, consumer group and
+    changelog topic (SHARED_SLUICE_SETTINGS);
+  * lb runs a version-pinned official nginx image, publishes the public HTTP
+    port 8080 (instances do not publish theirs), waits for every instance and
+    mounts docker/nginx.conf, which must proxy to an upstream listing every
+    instance with proxy_buffering off, proxy_http_version 1.1, the Upgrade and
+    Connection headers, Last-Event-ID and a long proxy_read_timeout (and, for
+    `resolve` upstream servers, a zone, a resolver and nginx >= 1.27.3);
   * every host path mounted in compose exists in the repository and every
     named volume is declared;
-  * prometheus.yml parses and scrapes sluice:8080 on /metrics;
+  * prometheus.yml parses and scrapes every instance on /metrics every 5s;
   * the Dockerfile has a builder and a runtime stage, builds `--bin sluice`,
     copies the binary from the builder, runs as a non-root user, and every
     file it COPYs from the build context exists;
@@ -40,8 +51,26 @@ try:  # Python 3.11+
 except ImportError:  # pragma: no cover
     tomllib = None  # type: ignore[assignment]
 
-REQUIRED_SERVICES = ("kafka", "sluice", "prometheus", "grafana")
-SLUICE_SCRAPE_TARGET = "sluice:8080"
+# The Sluice instances: one consumer group, one image, a store volume and an instance id each.
+SLUICE_INSTANCES = ("sluice-1", "sluice-2")
+# The nginx load balancer in front of them.
+LB_SERVICE = "lb"
+REQUIRED_SERVICES = ("kafka", *SLUICE_INSTANCES, LB_SERVICE, "prometheus", "grafana")
+# The README's commands use localhost:8080: the load balancer publishes it.
+PUBLIC_HTTP_PORT = "8080"
+# Settings every instance must share (an unset one is shared when unset everywhere).
+SHARED_SLUICE_SETTINGS = (
+    "SLUICE__KAFKA__BROKERS",
+    "SLUICE__KAFKA__STREAM_TOPIC_PREFIX",
+    "SLUICE__INTAKE__TOPIC",
+    "SLUICE__INTAKE__DLQ_TOPIC",
+    "SLUICE__INTAKE__GROUP_ID",
+    "SLUICE__INTAKE__CHANGELOG_TOPIC",
+    "SLUICE__STORE__PATH",
+)
+# SSE keep-alives come every 15s and WebSocket pings every 30s; an idle proxy timeout should
+# be far longer.
+LB_MIN_READ_TIMEOUT = 300
 DATASOURCE_UID = "prometheus"
 
 
@@ -206,6 +235,8 @@ class Checker:
         self.passed = 0
         self.failed: list[str] = []
         self.notes: list[str] = []
+        # What prometheus.yml must scrape; replaced by the instances compose.yml defines.
+        self.scrape_targets = [f"{name}:8080" for name in SLUICE_INSTANCES]
         self.yaml = None
         if use_yaml:
             try:
@@ -285,11 +316,16 @@ class Checker:
         for service_name, service in services.items():
             if isinstance(service, dict):
                 self.check_mounts(service_name, service, compose_dir, declared_volumes)
+        self.check_host_ports(services)
 
-        kafka = services.get("kafka") if isinstance(services.get("kafka"), dict) else {}
-        sluice = services.get("sluice") if isinstance(services.get("sluice"), dict) else {}
-        prometheus = services.get("prometheus") if isinstance(services.get("prometheus"), dict) else {}
-        grafana = services.get("grafana") if isinstance(services.get("grafana"), dict) else {}
+        def service(name: str) -> dict:
+            return services.get(name) if isinstance(services.get(name), dict) else {}
+
+        kafka = service("kafka")
+        instances = {name: service(name) for name in SLUICE_INSTANCES if service(name)}
+        prometheus = service("prometheus")
+        grafana = service("grafana")
+        lb = service(LB_SERVICE)
 
         # kafka
         if kafka:
@@ -314,42 +350,25 @@ class Checker:
             self.check("kafka healthcheck uses kafka-broker-api-versions.sh",
                        "kafka-broker-api-versions.sh" in test_text, test_text or "no healthcheck")
             advertised = env.get("KAFKA_ADVERTISED_LISTENERS", "")
-            brokers = self.env_map(sluice.get("environment")).get("SLUICE__KAFKA__BROKERS", "")
             advertised_hosts = {part.split("://", 1)[-1] for part in advertised.split(",") if part}
-            self.check("SLUICE__KAFKA__BROKERS is an advertised kafka listener",
-                       bool(brokers) and all(b in advertised_hosts for b in brokers.split(",")),
-                       f"brokers {brokers!r}, advertised {advertised!r}")
+            for name, sluice in instances.items():
+                brokers = self.env_map(sluice.get("environment")).get("SLUICE__KAFKA__BROKERS", "")
+                self.check(f"{name}: SLUICE__KAFKA__BROKERS is an advertised kafka listener",
+                           bool(brokers) and all(b in advertised_hosts for b in brokers.split(",")),
+                           f"brokers {brokers!r}, advertised {advertised!r}")
 
-        # sluice
-        if sluice:
-            env = self.env_map(sluice.get("environment"))
-            bad = [k for k in env if not (k.startswith("SLUICE__") or k == "RUST_LOG")]
-            self.check("sluice environment keys start with SLUICE__ or are RUST_LOG",
-                       not bad, f"unexpected keys {bad}")
-            for key in ("SLUICE__HTTP__LISTEN", "SLUICE__KAFKA__BROKERS", "SLUICE__STORE__PATH"):
-                self.check(f"sluice sets {key}", bool(env.get(key)))
-            store = env.get("SLUICE__STORE__PATH", "")
-            mounted = [self.mount_target(v) for v in sluice.get("volumes") or []]
-            self.check("sluice store path lies on a mounted volume",
-                       any(t and (store == t or store.startswith(t.rstrip("/") + "/")) for t in mounted),
-                       f"store {store!r}, mounts {mounted}")
-            depends = sluice.get("depends_on")
-            condition = depends.get("kafka", {}).get("condition") if isinstance(depends, dict) \
-                and isinstance(depends.get("kafka"), dict) else None
-            self.check("sluice waits for kafka to be healthy", condition == "service_healthy",
-                       f"depends_on {depends!r}")
-            listen_port = env.get("SLUICE__HTTP__LISTEN", "").rpartition(":")[2]
-            ports = [str(p) for p in sluice.get("ports") or []]
-            self.check("sluice publishes its listen port",
-                       any(p.rpartition(":")[2].split("/")[0] == listen_port for p in ports),
-                       f"listen port {listen_port!r}, ports {ports}")
-            build = sluice.get("build")
-            if self.check("sluice has a build section", isinstance(build, dict), repr(build)):
-                context = (compose_dir / str(build.get("context", "."))).resolve()
-                self.check("sluice build context is the repository root",
-                           context == self.root.resolve(), self.rel(context))
-                dockerfile = context / str(build.get("dockerfile", "Dockerfile"))
-                self.check("sluice Dockerfile exists", dockerfile.is_file(), self.rel(dockerfile))
+        # sluice instances, one by one
+        store_volumes: dict[str, str] = {}
+        for name, sluice in instances.items():
+            store_volumes[name] = self.check_sluice_instance(name, sluice, compose_dir)
+
+        # sluice instances against each other
+        if len(instances) == len(SLUICE_INSTANCES):
+            self.check_instances_together(instances, store_volumes)
+
+        # load balancer
+        if lb:
+            self.check_lb(lb, instances, compose_dir)
 
         # prometheus / grafana wiring
         if prometheus:
@@ -363,6 +382,204 @@ class Checker:
             env = self.env_map(grafana.get("environment"))
             self.check("grafana anonymous access enabled",
                        env.get("GF_AUTH_ANONYMOUS_ENABLED", "").lower() == "true")
+
+        # Prometheus scrapes each instance at its HTTP listen port (checked in check_prometheus).
+        self.scrape_targets = [f"{name}:{self.listen_port(sluice, 'SLUICE__HTTP__LISTEN')}"
+                               for name, sluice in instances.items()] or self.scrape_targets
+
+    def listen_port(self, service: dict, key: str) -> str:
+        return self.env_map(service.get("environment")).get(key, "").rpartition(":")[2]
+
+    @staticmethod
+    def port_mappings(service: dict) -> list[tuple[str, str]]:
+        """(host port, container port) for each published port, short or long syntax; a port
+        published on a random host port has host port ''."""
+        result = []
+        for port in service.get("ports") or []:
+            if isinstance(port, dict):
+                result.append((str(port.get("published", "")), str(port.get("target", ""))))
+                continue
+            parts = str(port).split("/")[0].split(":")
+            container = parts[-1]
+            host = parts[-2] if len(parts) >= 2 else ""
+            result.append((host, container))
+        return result
+
+    def check_host_ports(self, services: dict) -> None:
+        seen: dict[str, str] = {}
+        clashes = []
+        for name, service in services.items():
+            if not isinstance(service, dict):
+                continue
+            for host, _ in self.port_mappings(service):
+                if host and host in seen:
+                    clashes.append(f"{host} ({seen[host]} and {name})")
+                elif host:
+                    seen[host] = name
+        self.check("no host port is published by two services", not clashes, ", ".join(clashes))
+
+    def check_sluice_instance(self, name: str, sluice: dict, compose_dir: Path) -> str:
+        """The checks of one Sluice service; returns the named volume holding its store ('' when
+        the store is not on a named volume)."""
+        env = self.env_map(sluice.get("environment"))
+        bad = [k for k in env if not (k.startswith("SLUICE__") or k == "RUST_LOG")]
+        self.check(f"{name}: environment keys start with SLUICE__ or are RUST_LOG",
+                   not bad, f"unexpected keys {bad}")
+        for key in ("SLUICE__HTTP__LISTEN", "SLUICE__KAFKA__BROKERS", "SLUICE__STORE__PATH",
+                    "SLUICE__INTAKE__INSTANCE_ID"):
+            self.check(f"{name}: sets {key}", bool(env.get(key)))
+        store = env.get("SLUICE__STORE__PATH", "")
+        store_mount = None
+        for volume in sluice.get("volumes") or []:
+            kind, source, target = self.parse_mount(volume)
+            if target and (store == target or store.startswith(target.rstrip("/") + "/")):
+                store_mount = (kind, source, target)
+        mounted = [self.mount_target(v) for v in sluice.get("volumes") or []]
+        self.check(f"{name}: store path lies on a mounted volume", store_mount is not None,
+                   f"store {store!r}, mounts {mounted}")
+        store_volume = ""
+        if store_mount is not None:
+            kind, source, _ = store_mount
+            self.check(f"{name}: store is on a named volume", kind == "volume" and bool(source),
+                       f"{kind} {source!r}")
+            store_volume = source if kind == "volume" else ""
+        depends = sluice.get("depends_on")
+        condition = depends.get("kafka", {}).get("condition") if isinstance(depends, dict) \
+            and isinstance(depends.get("kafka"), dict) else None
+        self.check(f"{name}: waits for kafka to be healthy", condition == "service_healthy",
+                   f"depends_on {depends!r}")
+        grpc_port = self.listen_port(sluice, "SLUICE__GRPC__LISTEN")
+        if grpc_port and grpc_port != "0":
+            self.check(f"{name}: publishes its gRPC listen port {grpc_port}",
+                       any(host and container == grpc_port
+                           for host, container in self.port_mappings(sluice)),
+                       f"ports {sluice.get('ports')}")
+        build = sluice.get("build")
+        if self.check(f"{name}: has a build section", isinstance(build, dict), repr(build)):
+            context = (compose_dir / str(build.get("context", "."))).resolve()
+            self.check(f"{name}: build context is the repository root",
+                       context == self.root.resolve(), self.rel(context))
+            dockerfile = context / str(build.get("dockerfile", "Dockerfile"))
+            self.check(f"{name}: Dockerfile exists", dockerfile.is_file(), self.rel(dockerfile))
+        return store_volume
+
+    def check_instances_together(self, instances: dict[str, dict],
+                                 store_volumes: dict[str, str]) -> None:
+        envs = {name: self.env_map(s.get("environment")) for name, s in instances.items()}
+        ids = {name: env.get("SLUICE__INTAKE__INSTANCE_ID", "") for name, env in envs.items()}
+        given = [i for i in ids.values() if i]
+        self.check("sluice instances have distinct intake instance ids",
+                   len(given) == len(ids) and len(set(given)) == len(given), str(ids))
+        volumes = [v for v in store_volumes.values() if v]
+        self.check("sluice instances keep their stores on distinct volumes",
+                   len(volumes) == len(store_volumes) and len(set(volumes)) == len(volumes),
+                   str(store_volumes))
+        images = {name: str(s.get("image", "")) for name, s in instances.items()}
+        self.check("sluice instances run the same image",
+                   len(set(images.values())) == 1 and all(images.values()), str(images))
+        builds = {name: json.dumps(s.get("build"), sort_keys=True) for name, s in instances.items()}
+        self.check("sluice instances build the same way", len(set(builds.values())) == 1, str(builds))
+        for key in SHARED_SLUICE_SETTINGS:
+            values = {name: env.get(key) for name, env in envs.items()}
+            self.check(f"sluice instances agree on {key}", len(set(values.values())) == 1,
+                       str(values))
+
+    def check_lb(self, lb: dict, instances: dict[str, dict], compose_dir: Path) -> None:
+        image = str(lb.get("image", ""))
+        repo, _, tag = image.partition(":")
+        self.check(f"{LB_SERVICE}: image is the official nginx image", repo in ("nginx", "library/nginx",
+                   "docker.io/library/nginx"), image)
+        version = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", tag)
+        self.check(f"{LB_SERVICE}: nginx image is pinned to a version tag", version is not None, image)
+
+        mappings = self.port_mappings(lb)
+        public = [container for host, container in mappings if host == PUBLIC_HTTP_PORT]
+        self.check(f"{LB_SERVICE}: publishes the public HTTP port {PUBLIC_HTTP_PORT}", bool(public),
+                   f"ports {lb.get('ports')}")
+        depends = lb.get("depends_on")
+        depends_on = set(depends) if isinstance(depends, (dict, list)) else set()
+        self.check(f"{LB_SERVICE}: depends on every sluice instance",
+                   set(instances) <= depends_on, f"depends_on {depends!r}")
+        for name, sluice in instances.items():
+            self.check(f"{name}: HTTP port is not published (clients go through {LB_SERVICE})",
+                       not any(host and container == self.listen_port(sluice, "SLUICE__HTTP__LISTEN")
+                               for host, container in self.port_mappings(sluice)),
+                       f"ports {sluice.get('ports')}")
+
+        config_path = None
+        for volume in lb.get("volumes") or []:
+            kind, source, target = self.parse_mount(volume)
+            if kind == "bind" and (target == "/etc/nginx/nginx.conf"
+                                   or target.startswith("/etc/nginx/conf.d/")):
+                config_path = (compose_dir / source).resolve()
+        if not self.check(f"{LB_SERVICE}: mounts its nginx config from the repository",
+                          config_path is not None and config_path.is_file(),
+                          f"volumes {lb.get('volumes')}"):
+            return
+        try:
+            config = parse_nginx(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            self.check(f"{self.rel(config_path)} parses", False, str(err))
+            return
+        self.check(f"{self.rel(config_path)} parses", True)
+        self.check_nginx_config(self.rel(config_path), config, instances, public,
+                                tuple(int(g) for g in version.groups("0")) if version else None)
+
+    def check_nginx_config(self, where: str, config: list, instances: dict[str, dict],
+                           public_container_ports: list[str],
+                           nginx_version: tuple[int, ...] | None) -> None:
+        directives = list(_nginx_walk(config))
+
+        def args_of(name: str) -> list[list[str]]:
+            return [args for directive, args, _ in directives if directive == name]
+
+        listens = {a[0].rpartition(":")[2] for a in args_of("listen") if a}
+        self.check(f"{where}: listens on the container port {LB_SERVICE} publishes",
+                   bool(set(public_container_ports) & listens),
+                   f"listen {sorted(listens)}, published {public_container_ports}")
+
+        upstreams = {args[0]: children for directive, args, children in directives
+                     if directive == "upstream" and args}
+        passes = [a[0] for a in args_of("proxy_pass") if a]
+        used = [u for u in upstreams if any(p.rstrip("/") in (f"http://{u}",) for p in passes)]
+        if not self.check(f"{where}: proxy_pass goes to an upstream block", bool(used),
+                          f"proxy_pass {passes}, upstreams {sorted(upstreams)}"):
+            return
+        servers = [args for name, args, _ in upstreams[used[0]] if name == "server"]
+        addresses = {args[0] for args in servers if args}
+        for name, sluice in instances.items():
+            address = f"{name}:{self.listen_port(sluice, 'SLUICE__HTTP__LISTEN')}"
+            self.check(f"{where}: upstream {used[0]} has {address}", address in addresses,
+                       str(sorted(addresses)))
+        if any("resolve" in args[1:] for args in servers):
+            self.check(f"{where}: upstream servers with `resolve` have a shared zone",
+                       any(name == "zone" for name, _, _ in upstreams[used[0]]))
+            self.check(f"{where}: a resolver is configured for `resolve`",
+                       bool(args_of("resolver")))
+            self.check(f"{where}: `resolve` in upstream needs nginx 1.27.3 or later",
+                       nginx_version is not None and nginx_version >= (1, 27, 3),
+                       f"image version {nginx_version}")
+
+        def has(name: str, *values: str) -> bool:
+            return any([v.lower() for v in a] == [v.lower() for v in values] for a in args_of(name))
+
+        self.check(f"{where}: proxy_buffering off (SSE)", has("proxy_buffering", "off"))
+        self.check(f"{where}: proxy_http_version 1.1 (WebSocket)", has("proxy_http_version", "1.1"))
+        headers = {a[0].lower(): a[1] for a in args_of("proxy_set_header") if len(a) >= 2}
+        self.check(f"{where}: passes the Upgrade header", headers.get("upgrade") == "$http_upgrade",
+                   str(headers.get("upgrade")))
+        connection = headers.get("connection", "")
+        mapped = any(d == "map" and len(a) >= 2 and a[0] == "$http_upgrade" and a[1] == connection
+                     for d, a, _ in directives)
+        self.check(f"{where}: sets Connection for WebSocket upgrades",
+                   connection.lower() == "upgrade" or mapped, repr(connection))
+        self.check(f"{where}: passes Last-Event-ID",
+                   headers.get("last-event-id") == "$http_last_event_id",
+                   str(headers.get("last-event-id")))
+        timeouts = [nginx_seconds(a[0]) for a in args_of("proxy_read_timeout") if a]
+        self.check(f"{where}: proxy_read_timeout of at least {LB_MIN_READ_TIMEOUT}s (SSE, WebSocket)",
+                   bool(timeouts) and all(t is not None and t >= LB_MIN_READ_TIMEOUT for t in timeouts),
+                   str(args_of("proxy_read_timeout")))
 
     @staticmethod
     def parse_mount(volume: Any) -> tuple[str, str, str]:
@@ -407,19 +624,21 @@ class Checker:
         jobs = config.get("scrape_configs")
         if not self.check("prometheus.yml has scrape_configs", isinstance(jobs, list) and bool(jobs)):
             return
-        found = None
-        for job in jobs:
-            if not isinstance(job, dict):
+        for target in self.scrape_targets:
+            found = None
+            for job in jobs:
+                if not isinstance(job, dict):
+                    continue
+                for static in job.get("static_configs") or []:
+                    if isinstance(static, dict) and target in (static.get("targets") or []):
+                        found = job
+            if not self.check(f"prometheus.yml scrapes {target}", found is not None):
                 continue
-            for static in job.get("static_configs") or []:
-                if isinstance(static, dict) and SLUICE_SCRAPE_TARGET in (static.get("targets") or []):
-                    found = job
-        if not self.check(f"prometheus.yml scrapes {SLUICE_SCRAPE_TARGET}", found is not None):
-            return
-        self.check("prometheus sluice job uses /metrics",
-                   found.get("metrics_path", "/metrics") == "/metrics", str(found.get("metrics_path")))
-        interval = found.get("scrape_interval") or (config.get("global") or {}).get("scrape_interval")
-        self.check("prometheus scrapes sluice every 5s", interval == "5s", str(interval))
+            self.check(f"prometheus job for {target} uses /metrics",
+                       found.get("metrics_path", "/metrics") == "/metrics",
+                       str(found.get("metrics_path")))
+            interval = found.get("scrape_interval") or (config.get("global") or {}).get("scrape_interval")
+            self.check(f"prometheus scrapes {target} every 5s", interval == "5s", str(interval))
 
     # ----------------------------------------------------------------------
 
@@ -596,6 +815,93 @@ class Checker:
                                               for t in p.get("targets") or [] if isinstance(t, dict)])))
             self.check(f"{self.rel(dashboard_path)} uses only provisioned datasources",
                        used <= uids, f"uses {sorted(used)}, provisioned {sorted(u for u in uids if u)}")
+
+
+# --------------------------------------------------------------------------
+# nginx configuration (just enough to read docker/nginx.conf)
+# --------------------------------------------------------------------------
+
+def parse_nginx(source: str) -> list:
+    """Parse nginx.conf into [(directive, [args], [children])]; children is [] for simple
+    directives. Handles comments, quotes and blocks; no includes or variables expansion."""
+    tokens: list[str] = []
+    i = 0
+    while i < len(source):
+        char = source[i]
+        if char.isspace():
+            i += 1
+        elif char == "#":
+            while i < len(source) and source[i] != "\n":
+                i += 1
+        elif char in "{};":
+            tokens.append(char)
+            i += 1
+        elif char in "\"'":
+            end = i + 1
+            while end < len(source) and source[end] != char:
+                end += 2 if source[end] == "\\" else 1
+            if end >= len(source):
+                raise ValueError("unterminated string")
+            tokens.append(source[i + 1:end])
+            i = end + 1
+        else:
+            start = i
+            while i < len(source) and not source[i].isspace() and source[i] not in "{};":
+                i += 1
+            tokens.append(source[start:i])
+
+    pos = 0
+
+    def block(top: bool) -> list:
+        nonlocal pos
+        result = []
+        words: list[str] = []
+        while pos < len(tokens):
+            token = tokens[pos]
+            pos += 1
+            if token == ";":
+                if not words:
+                    raise ValueError("empty directive")
+                result.append((words[0], words[1:], []))
+                words = []
+            elif token == "{":
+                if not words:
+                    raise ValueError("block without a name")
+                result.append((words[0], words[1:], block(False)))
+                words = []
+            elif token == "}":
+                if top:
+                    raise ValueError("unbalanced '}'")
+                if words:
+                    raise ValueError(f"directive {words[0]!r} without ';'")
+                return result
+            else:
+                words.append(token)
+        if words:
+            raise ValueError(f"directive {words[0]!r} without ';'")
+        if not top:
+            raise ValueError("unclosed '{'")
+        return result
+
+    return block(True)
+
+
+def _nginx_walk(directives: list):
+    for directive in directives:
+        yield directive
+        yield from _nginx_walk(directive[2])
+
+
+def nginx_seconds(value: str) -> float | None:
+    """nginx time ('60', '90s', '1h', '1h30m') in seconds; None when unreadable."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M": 2592000,
+             "y": 31536000}
+    if re.fullmatch(r"\d+", value):
+        return float(value)
+    parts = re.findall(r"(\d+)(ms|s|m|h|d|w|M|y)", value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return None
+    return sum(int(n) * units[u] for n, u in parts)
 
 
 def _walk(container: dict):

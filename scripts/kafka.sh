@@ -147,10 +147,11 @@ start() {
   fi
   local deadline=$((SECONDS + ${KAFKA_START_TIMEOUT:-120}))
   until reachable && grep -q "Kafka Server started" "$LOG" 2>/dev/null; do
-    if [[ -z "$(broker_pids)" ]]; then
-      say "broker exited during start-up; last lines:"; tail -30 "$RUN/stdout.log" "$LOG" >&2 || true; exit 1
+    # The process we started is the authority; pgrep covers a broker started by an earlier call.
+    if [[ -z "$(broker_pids)" ]] && ! kill -0 "$(cat "$PID" 2>/dev/null)" 2>/dev/null; then
+      say "broker exited during start-up; last lines:"; tail -n 30 "$RUN/stdout.log" "$LOG" >&2 || true; exit 1
     fi
-    if (( SECONDS > deadline )); then say "broker did not answer within the timeout"; tail -30 "$LOG" >&2; exit 1; fi
+    if (( SECONDS > deadline )); then say "broker did not answer within the timeout"; tail -n 30 "$LOG" >&2; exit 1; fi
     sleep 0.5
   done
   say "broker ready at $HOST:$PORT"

@@ -25,15 +25,17 @@ use crate::kafka::changelog::{Changelog, Follower};
 use crate::kafka::intake::Intake;
 use crate::kafka::producer::Journal;
 use crate::kafka::reader::Reader;
+use crate::kafka::txn::Transactions;
 use crate::metrics::Metrics;
 use crate::retention::{Sweeper, TopicBudget};
 use crate::settings::{Settings, SourceSettings};
 use crate::store::Store;
 use crate::stream::hub::Hub;
-use crate::stream::ownership::Ownership;
+use crate::stream::ownership::{Ownership, Parts};
 use crate::stream::pool::Pool;
 use crate::stream::provider::Provider;
 use crate::stream::records::Records;
+use crate::stream::remote::RemoteTails;
 use crate::stream::subscription::Subscriptions;
 
 /// A built, not yet running, Sluice.
@@ -48,6 +50,9 @@ pub struct App {
     pool: Pool,
     intake: Intake,
     follower: Follower,
+    remote: Arc<RemoteTails>,
+    ownership: Arc<Ownership>,
+    txn_events: tokio::sync::mpsc::UnboundedReceiver<crate::kafka::txn::Event>,
     edge: Arc<EdgeState>,
     sweeper: Sweeper,
     streams: TaskTracker,
@@ -94,8 +99,10 @@ impl App {
             .partition_count(&settings.intake.topic)
             .await
             .context("intake topic metadata")?;
+        let txns = Arc::new(Transactions::default());
         let changelog = Arc::new(Changelog::new(
             journal.clone(),
+            txns.clone(),
             &settings.intake.changelog(),
             partitions,
         ));
@@ -112,6 +119,7 @@ impl App {
             journal: journal.clone(),
             reader: reader.clone(),
             records: records.clone(),
+            txns: txns.clone(),
             hub: hub.clone(),
             metrics: metrics.clone(),
             registry: registry.clone(),
@@ -145,16 +153,22 @@ impl App {
             owned.clone(),
             metrics.clone(),
         )?;
-        let ownership = Arc::new(Ownership::new(
+        let (ownership, txn_events) = Ownership::new(
             pool.clone(),
-            owned,
-            follower.positions(),
-            follower.client(),
-            changelog.topic(),
+            Parts {
+                owned,
+                positions: follower.positions(),
+                client: follower.client(),
+                changelog_topic: changelog.topic().to_owned(),
+                txns,
+            },
+            &settings.kafka,
+            &settings.intake,
             metrics.clone(),
             settings.shutdown.grace_period,
             streams.clone(),
-        ));
+        );
+        let ownership = Arc::new(ownership);
         let intake = Intake::new(
             &settings.kafka,
             &settings.intake,
@@ -163,8 +177,9 @@ impl App {
             hub.clone(),
             registry.clone(),
             metrics.clone(),
-            ownership,
+            ownership.clone(),
         )?;
+        let remote = RemoteTails::new(&settings.kafka, metrics.clone()).context("remote tail")?;
         let subs = Arc::new(Subscriptions {
             hub: hub.clone(),
             store: store.clone(),
@@ -174,6 +189,7 @@ impl App {
             settings: settings.edge.clone(),
             tracker: subscriptions.clone(),
             shutdown: edge_stop.clone(),
+            remote: remote.clone(),
         });
         let edge = Arc::new(EdgeState {
             subs,
@@ -217,6 +233,9 @@ impl App {
             pool,
             intake,
             follower,
+            remote,
+            ownership,
+            txn_events,
             edge,
             sweeper,
             streams,
@@ -250,6 +269,16 @@ impl App {
             let f = self.follower;
             tasks.spawn_blocking(move || f.run(stop))
         };
+        let remote = {
+            let (tails, stop) = (self.remote.clone(), self.edge_stop.clone());
+            tasks.spawn_blocking(move || tails.run(stop))
+        };
+        let writers_stop = CancellationToken::new();
+        tasks.spawn(
+            self.ownership
+                .clone()
+                .watch(self.txn_events, writers_stop.clone()),
+        );
         let intake_stop = CancellationToken::new();
         let intake = tasks.spawn(self.intake.run(intake_stop.clone()));
         tasks.spawn(self.sweeper.run(intake_stop.clone()));
@@ -283,6 +312,7 @@ impl App {
                 Ok(Ok(())) => {}
             }
             self.subscriptions.wait().await;
+            let _ = remote.await;
         })
         .await;
         step("intake", grace, async {
@@ -292,6 +322,9 @@ impl App {
         tracing::info!(active = self.pool.active(), "checkpointing running streams");
         self.stream_stop.cancel();
         self.streams.close();
+        // Leaving the group revoked every partition; whatever is still held commits and closes.
+        writers_stop.cancel();
+        step("partition writers", grace, self.ownership.release_all()).await;
         step("streams", grace, self.streams.wait()).await;
         self.sources.close();
         step("source consumers", grace, self.sources.wait()).await;

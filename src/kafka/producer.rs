@@ -53,6 +53,26 @@ pub enum Error {
     /// The producer's queue is full; retry after some deliveries.
     #[error("producer queue full")]
     QueueFull,
+    /// Another instance owns the intake partition now and fenced this one's transactions.
+    #[error("intake partition {partition} is owned by another instance; this write was fenced")]
+    Fenced {
+        /// The intake partition.
+        partition: i32,
+    },
+    /// This instance does not own the intake partition (any more).
+    #[error("intake partition {partition} is not owned by this instance")]
+    NotOwner {
+        /// The intake partition.
+        partition: i32,
+    },
+    /// The transaction holding the write was aborted; nothing of it is visible.
+    #[error("transaction of intake partition {partition} aborted: {reason}")]
+    Aborted {
+        /// The intake partition.
+        partition: i32,
+        /// Why.
+        reason: String,
+    },
     /// A message could not be delivered.
     #[error("produce to {topic}: {source}")]
     Produce {
@@ -62,6 +82,18 @@ pub enum Error {
         #[source]
         source: KafkaError,
     },
+}
+
+impl Error {
+    /// Whether the write failed because the partition's writes now belong elsewhere (fenced, not
+    /// owned) or its transaction was aborted: the stream stops without a terminal event and
+    /// resumes from what was committed.
+    pub fn is_handover(&self) -> bool {
+        matches!(
+            self,
+            Error::Fenced { .. } | Error::NotOwner { .. } | Error::Aborted { .. }
+        )
+    }
 }
 
 /// Most stream topics created by one admin request.
@@ -106,6 +138,51 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
     cfg
 }
 
+/// A message to `topic` (to `partition`, else the key's), with `None` as a tombstone's payload.
+pub fn record<'a>(
+    topic: &'a str,
+    partition: Option<i32>,
+    key: &'a str,
+    payload: Option<&'a [u8]>,
+    headers: &[(&str, &str)],
+) -> FutureRecord<'a, str, [u8]> {
+    let mut hs = OwnedHeaders::new_with_capacity(headers.len());
+    for (k, v) in headers {
+        hs = hs.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    let mut record = FutureRecord::<str, [u8]>::to(topic).key(key).headers(hs);
+    if let Some(payload) = payload {
+        record = record.payload(payload);
+    }
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    record
+}
+
+/// The configuration of an idempotent producer (`acks=all`) named `client_id` unless the settings
+/// name it.
+pub fn producer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
+    let mut cfg = client_config(settings);
+    if !settings.client_config.contains_key("client.id") {
+        cfg.set("client.id", client_id);
+    }
+    cfg.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("linger.ms", settings.linger.as_millis().to_string())
+        .set(
+            "message.timeout.ms",
+            settings.message_timeout.as_millis().to_string(),
+        )
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "200000");
+    cfg
+}
+
 /// The shared producers and admin client. Cheap to share behind an `Arc`.
 pub struct Journal {
     creator: tokio::sync::Mutex<()>,
@@ -135,21 +212,9 @@ impl Journal {
     }
 
     fn producer(settings: &KafkaSettings, shard: usize) -> Result<FutureProducer, Error> {
-        let mut cfg = client_config(settings);
-        if !settings.client_config.contains_key("client.id") {
-            cfg.set("client.id", format!("sluice-{shard}"));
-        }
-        cfg.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("max.in.flight.requests.per.connection", "5")
-            .set("linger.ms", settings.linger.as_millis().to_string())
-            .set(
-                "message.timeout.ms",
-                settings.message_timeout.as_millis().to_string(),
-            )
-            .set("compression.type", "lz4")
-            .set("queue.buffering.max.messages", "200000");
-        cfg.create().map_err(Error::Client)
+        producer_config(settings, &format!("sluice-{shard}"))
+            .create()
+            .map_err(Error::Client)
     }
 
     /// The producer handle for messages with `key`: the same handle for the same key.
@@ -350,20 +415,7 @@ impl Journal {
         headers: &[(&str, &str)],
         topic_kind: &'static str,
     ) -> Result<impl Future<Output = Result<Stored, Error>> + Send + 'static, Error> {
-        let mut hs = OwnedHeaders::new_with_capacity(headers.len());
-        for (k, v) in headers {
-            hs = hs.insert(Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
-        }
-        let mut record = FutureRecord::<str, [u8]>::to(topic).key(key).headers(hs);
-        if let Some(payload) = payload {
-            record = record.payload(payload);
-        }
-        if let Some(p) = partition {
-            record = record.partition(p);
-        }
+        let record = record(topic, partition, key, payload, headers);
         let started = Instant::now();
         let delivery = match self.shard(key).send_result(record) {
             Ok(d) => d,

@@ -125,6 +125,9 @@ impl Reader {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
+            // Stream topics are written in transactions: aborted writes (a fenced owner's) are
+            // never read, and reads stop at the last stable offset.
+            .set("isolation.level", "read_committed")
             .set("fetch.wait.max.ms", "10")
             .set("auto.offset.reset", "earliest")
             // Prefetch for the batch that continues where this one ends, within bounds.
@@ -188,6 +191,32 @@ impl Reader {
             .unwrap_or(Err(KafkaError::Canceled));
         let (low, high) = res.map_err(|e| map_err(topic, e))?;
         Ok(Watermarks { low, high })
+    }
+
+    /// The newest event in `topic`, if it holds any. Offsets are not contiguous (transaction
+    /// markers take some), so this reads backwards in growing windows.
+    pub async fn read_last(&self, topic: &str) -> Result<Option<StoredEvent>, Error> {
+        let marks = self.watermarks(topic).await?;
+        let mut span = 8;
+        loop {
+            let from = (marks.high - span).max(marks.low);
+            let mut last = None;
+            let mut at = from;
+            while at < marks.high {
+                let mut batch = self.read(topic, at, marks.high).await?;
+                match batch.pop() {
+                    Some(ev) => {
+                        at = ev.offset + 1;
+                        last = Some(ev);
+                    }
+                    None => break,
+                }
+            }
+            if last.is_some() || from <= marks.low {
+                return Ok(last);
+            }
+            span = span.saturating_mul(8);
+        }
     }
 
     /// Reads events with offsets in `[from, until)`, at most [`BATCH`] of them.
@@ -255,12 +284,23 @@ fn read_with(
     let deadline = std::time::Instant::now() + timeout;
     while out.len() < want && next < until {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let msg = match consumer.poll(left) {
+        let msg = match consumer.poll(left.min(POSITION_CHECK)) {
             None => {
-                return Err(Error::Timeout {
-                    topic: topic.to_owned(),
-                    offset: next,
-                })
+                // Transaction markers and aborted records are never delivered; the consumer's
+                // position moves past them.
+                if let Some(at) = position(consumer, topic) {
+                    next = next.max(at);
+                }
+                if next >= until {
+                    break;
+                }
+                if left.is_zero() {
+                    return Err(Error::Timeout {
+                        topic: topic.to_owned(),
+                        offset: next,
+                    });
+                }
+                continue;
             }
             Some(Err(e)) => return Err(map_err(topic, e)),
             Some(Ok(m)) => m,
@@ -282,4 +322,18 @@ fn read_with(
         }
     }
     Ok((out, next))
+}
+
+/// How long a read waits for a message before it checks whether the consumer's position already
+/// passed the end of the range (over transaction markers).
+const POSITION_CHECK: Duration = Duration::from_millis(20);
+
+/// The consumer's position in partition 0 of `topic`: the offset of the next record it returns.
+fn position(consumer: &BaseConsumer, topic: &str) -> Option<i64> {
+    let tpl = consumer.position().ok()?;
+    let elem = tpl.find_partition(topic, 0)?;
+    match elem.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
 }

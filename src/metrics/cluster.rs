@@ -1,6 +1,7 @@
 //! Scale-out metrics and logs: owned intake partitions (`sluice_partitions_owned`), rebalances
 //! (`sluice_rebalances_total{kind}`), changelog restores (`sluice_changelog_restore_seconds`) and
-//! records applied from the changelog (`sluice_changelog_records_applied_total`).
+//! records applied from the changelog (`sluice_changelog_records_applied_total`), fenced writes
+//! (`sluice_fenced_writes_total`) and transaction commits (`sluice_transaction_commit_seconds`).
 
 use std::time::Duration;
 
@@ -14,6 +15,9 @@ pub(super) struct ClusterMetrics {
     rebalances: IntCounterVec,
     restore: Histogram,
     applied: IntCounter,
+    fenced: IntCounter,
+    commits: Histogram,
+    remote: IntGauge,
 }
 
 impl ClusterMetrics {
@@ -40,6 +44,25 @@ impl ClusterMetrics {
             names::CHANGELOG_APPLIED,
             "Changelog records of partitions owned elsewhere applied to the local store.",
         )?;
+        let fenced = IntCounter::new(
+            names::FENCED_WRITES,
+            "Writes refused because another instance owns the stream's intake partition now \
+             (fenced by Kafka, or refused here after the partition was revoked).",
+        )?;
+        let commits = Histogram::with_opts(
+            HistogramOpts::new(
+                names::TRANSACTION_COMMIT,
+                "Time to commit one transaction of an owned intake partition.",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5]),
+        )?;
+        let remote = IntGauge::new(
+            names::REMOTE_TAILS,
+            "Streams running on other instances that local subscribers follow live.",
+        )?;
+        registry.register(Box::new(remote.clone()))?;
+        registry.register(Box::new(fenced.clone()))?;
+        registry.register(Box::new(commits.clone()))?;
         registry.register(Box::new(owned.clone()))?;
         registry.register(Box::new(rebalances.clone()))?;
         registry.register(Box::new(restore.clone()))?;
@@ -52,6 +75,9 @@ impl ClusterMetrics {
             rebalances,
             restore,
             applied,
+            fenced,
+            commits,
+            remote,
         })
     }
 }
@@ -91,5 +117,37 @@ impl Metrics {
     /// Records read from the changelog were applied to the local store.
     pub fn changelog_applied(&self, n: usize) {
         self.cluster.applied.inc_by(n as u64);
+    }
+
+    /// A write was refused: another instance owns its partition now.
+    pub fn fenced_write(&self) {
+        self.cluster.fenced.inc();
+    }
+
+    /// A partition's transaction committed after `elapsed`.
+    pub fn transaction_committed(&self, elapsed: Duration) {
+        self.cluster.commits.observe(elapsed.as_secs_f64());
+    }
+
+    /// A partition's writer failed: its streams stop and resume from what was committed.
+    pub fn transaction_failed(&self, partition: i32, fenced: bool, reason: &str) {
+        if fenced {
+            tracing::error!(
+                partition,
+                reason,
+                "fenced: another instance owns this intake partition now; its streams stop here"
+            );
+        } else {
+            tracing::warn!(
+                partition,
+                reason,
+                "transaction aborted; the partition's streams restart from what was committed"
+            );
+        }
+    }
+
+    /// The remote tail now follows `n` streams.
+    pub fn remote_tails(&self, n: usize) {
+        self.cluster.remote.set(n as i64);
     }
 }

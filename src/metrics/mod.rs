@@ -49,6 +49,12 @@ pub mod names {
     pub const REBALANCES: &str = "sluice_rebalances_total";
     /// Time to restore an assigned partition's records from the changelog.
     pub const CHANGELOG_RESTORE: &str = "sluice_changelog_restore_seconds";
+    /// Streams running elsewhere that local subscribers follow live.
+    pub const REMOTE_TAILS: &str = "sluice_remote_tails";
+    /// Writes refused because another instance owns the partition.
+    pub const FENCED_WRITES: &str = "sluice_fenced_writes_total";
+    /// Time to commit one partition transaction.
+    pub const TRANSACTION_COMMIT: &str = "sluice_transaction_commit_seconds";
     /// Changelog records applied to the local store (other owners' writes).
     pub const CHANGELOG_APPLIED: &str = "sluice_changelog_records_applied_total";
     /// Events replayed from Kafka to edge clients.

@@ -7,5 +7,6 @@ pub mod ownership;
 pub mod pool;
 pub mod provider;
 pub mod records;
+pub mod remote;
 pub mod subscription;
 pub mod writer;

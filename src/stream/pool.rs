@@ -32,8 +32,10 @@ pub enum Admission {
     Started,
     /// The stream already exists (a redelivery or a repeated idempotency key); nothing ran.
     Duplicate,
-    /// The process is shutting down, or no longer owns the partition; nothing was registered.
+    /// The process is shutting down; nothing was registered.
     ShuttingDown,
+    /// This instance does not own the request's partition (any more); nothing was registered.
+    NotOwned,
     /// `retention.max_stream_topics` stream topics exist; the request was refused.
     AtCapacity,
 }
@@ -140,7 +142,7 @@ impl Pool {
             return Ok(Admission::Duplicate);
         }
         let Some(group) = self.partition(partition) else {
-            return Ok(Admission::ShuttingDown);
+            return Ok(Admission::NotOwned);
         };
         if !self.budget.try_take() {
             return Ok(Admission::AtCapacity);
@@ -154,6 +156,9 @@ impl Pool {
         if let Err(e) = p.records.register(&record).await {
             p.hub.remove(stream_id.as_str());
             self.budget.release(1);
+            if e.is_handover() {
+                return Ok(Admission::NotOwned);
+            }
             return Err(e);
         }
         p.metrics.stream_topics_in_use(self.budget.used());

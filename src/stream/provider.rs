@@ -22,6 +22,7 @@ use crate::handlers::{
 };
 use crate::kafka::producer::{self as journal, Journal};
 use crate::kafka::reader::Reader;
+use crate::kafka::txn::Transactions;
 use crate::metrics::Metrics;
 use crate::settings::ProviderSettings;
 use crate::store::{Durability, StreamRecord, StreamState};
@@ -37,6 +38,8 @@ pub struct Provider {
     pub reader: Arc<Reader>,
     /// Stream records: the local store and the changelog.
     pub records: Records,
+    /// The transactional writers of the owned intake partitions.
+    pub txns: Arc<Transactions>,
     /// Live fan-out.
     pub hub: Hub,
     /// Metrics.
@@ -123,8 +126,18 @@ impl Provider {
             );
             return;
         };
+        let partition = record.partition_in(self.records.partitions());
+        let Some(txn) = self.txns.get(partition) else {
+            tracing::warn!(
+                stream_id = id,
+                partition,
+                "not running a stream of an intake partition this instance does not own"
+            );
+            return;
+        };
         let w = StreamWriter::new(
             self.journal.clone(),
+            txn,
             self.records.clone(),
             self.metrics.clone(),
             stream_id,
@@ -147,20 +160,12 @@ impl Provider {
     pub async fn fail_unreadable(&self, id: &str) -> anyhow::Result<()> {
         let stream_id = StreamId::parse(id)?;
         let topic = self.journal.topic_for(&stream_id);
-        let marks = match self.reader.watermarks(&topic).await {
-            Ok(m) => m,
+        let last = match self.reader.read_last(&topic).await {
+            Ok(last) => last,
             Err(crate::kafka::reader::Error::UnknownTopic(_)) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        if marks.high <= marks.low {
-            return Ok(());
-        }
-        let Some(last) = self
-            .reader
-            .read(&topic, marks.high - 1, marks.high)
-            .await?
-            .pop()
-        else {
+        let Some(last) = last else {
             return Ok(());
         };
         if last.state.is_terminal() {
@@ -313,15 +318,7 @@ impl Run<'_> {
         mode: ResumeMode,
     ) -> Result<bool, crate::kafka::reader::Error> {
         let marks = self.p.reader.watermarks(&self.w.topic).await?;
-        let last = if marks.high > marks.low {
-            self.p
-                .reader
-                .read(&self.w.topic, marks.high - 1, marks.high)
-                .await?
-                .pop()
-        } else {
-            None
-        };
+        let last = self.p.reader.read_last(&self.w.topic).await?;
         let Some(last) = last else {
             // Nothing stored: start from the beginning, `started` included.
             self.w.record.next_seq = 0;
@@ -481,6 +478,17 @@ impl Run<'_> {
         if matches!(end, End::Shutdown) {
             self.w.persist(Durability::Sync).await;
             tracing::info!(stream_id = %self.w.id, stream_count = chunks, "stream handed over at shutdown; it resumes on next start");
+            return;
+        }
+        let lost = match (&end, &drained) {
+            (End::Storage(e), _) | (_, Err(e)) if e.is_handover() => Some(e.to_string()),
+            _ => None,
+        };
+        if let Some(reason) = lost {
+            // The partition went to another owner, or its transaction was aborted: nothing more
+            // may be written here. The stream resumes from what was committed.
+            self.w.persist(Durability::Sync).await;
+            tracing::warn!(stream_id = %self.w.id, stream_count = chunks, reason, "stream stopped: its writes were fenced or aborted; it resumes from what was committed");
             return;
         }
         let storage_error = match (&end, drained) {

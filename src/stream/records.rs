@@ -22,6 +22,17 @@ pub enum Error {
     Changelog(#[from] changelog::Error),
 }
 
+impl Error {
+    /// Whether the write was refused because the partition is owned elsewhere now, or its
+    /// transaction was aborted.
+    pub fn is_handover(&self) -> bool {
+        match self {
+            Error::Changelog(changelog::Error::Write { source, .. }) => source.is_handover(),
+            _ => false,
+        }
+    }
+}
+
 /// The writer of stream records. Cheap to clone.
 #[derive(Clone)]
 pub struct Records {

@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::settings::EdgeSettings;
 use crate::store::{self, Store};
 use crate::stream::hub::{Hub, Live, StoredEvent};
+use crate::stream::remote::{RemoteEvent, RemoteTails};
 
 /// What a subscriber receives, in order.
 #[derive(Debug, Clone)]
@@ -80,6 +81,8 @@ pub struct Subscriptions {
     pub tracker: TaskTracker,
     /// Fires at shutdown.
     pub shutdown: CancellationToken,
+    /// Live tails of streams running on other instances.
+    pub remote: Arc<RemoteTails>,
 }
 
 struct Pump {
@@ -244,6 +247,27 @@ impl Pump {
         Ok(())
     }
 
+    /// Delivers what lies between the next expected offset and a live event at `until`. Offsets
+    /// skip transaction markers, so a gap is usually empty: when the stream's recent window reaches
+    /// back to the next offset it holds every event before `until` (live events are published in
+    /// order), and Kafka is read only when it does not.
+    async fn fill_gap(&mut self, until: i64) -> Result<(), Done> {
+        let recent = self
+            .subs
+            .hub
+            .get(self.id.as_str())
+            .and_then(|s| s.recent(self.next, until));
+        match recent {
+            Some(events) => {
+                for ev in events {
+                    self.deliver(ev).await?;
+                }
+                Ok(())
+            }
+            None => Box::pin(self.replay(until)).await,
+        }
+    }
+
     /// Replays up to the current high watermark.
     async fn catch_up(&mut self) -> Result<(), Done> {
         match self.subs.reader.watermarks(&self.topic).await {
@@ -292,7 +316,7 @@ impl Pump {
             match item {
                 Ok(Live::Event(ev)) => {
                     if ev.offset > self.next {
-                        Box::pin(self.replay(ev.offset)).await?;
+                        self.fill_gap(ev.offset).await?;
                     }
                     self.deliver(ev).await?;
                 }
@@ -309,30 +333,48 @@ impl Pump {
         }
     }
 
-    /// Tails a stream that does not run here by re-reading Kafka, until it runs here or ends.
+    /// Tails a stream that does not run here through the process's remote tail, until it runs
+    /// here or ends. Every `edge.remote_poll_interval` without an event it also checks the local
+    /// record, in case the stream ended without the tail seeing its terminal event.
     async fn poll_remote(&mut self) -> Result<broadcast::Receiver<Live>, Done> {
+        let mut follow = self.subs.remote.follow(&self.topic);
+        self.catch_up().await?;
         loop {
             if let Some(rx) = self.subs.hub.subscribe(self.id.as_str()) {
                 self.catch_up().await?;
                 return Ok(rx);
             }
-            self.catch_up().await?;
-            let finished = match self.subs.store.get(self.id.as_str()).await {
-                Ok(Some(r)) => r.state.is_terminal(),
-                Ok(None) => true,
-                Err(_) => false,
-            };
-            if finished {
-                // The terminal event may have landed between the read and the store lookup.
-                self.catch_up().await?;
-                return Err(Done);
-            }
             let deadline = tokio::time::Instant::now() + self.subs.settings.remote_poll_interval;
-            tokio::select! {
+            let item = tokio::select! {
                 biased;
                 _ = self.subs.shutdown.cancelled() => return Err(Done),
                 _ = self.tx.closed() => return Err(Done),
-                _ = self.subs.hub.registration(deadline) => {}
+                r = follow.rx.recv() => Some(r),
+                _ = self.subs.hub.registration(deadline) => None,
+            };
+            match item {
+                Some(Ok(RemoteEvent { event, prev })) => {
+                    // Only a gap the tail did not account for needs a read.
+                    let contiguous = prev.is_some_and(|p| p < self.next);
+                    if event.offset > self.next && !contiguous {
+                        Box::pin(self.replay(event.offset)).await?;
+                    }
+                    self.deliver(event).await?;
+                }
+                Some(Err(broadcast::error::RecvError::Lagged(_))) => self.catch_up().await?,
+                Some(Err(broadcast::error::RecvError::Closed)) => return Err(Done),
+                None => {
+                    let finished = match self.subs.store.get(self.id.as_str()).await {
+                        Ok(Some(r)) => r.state.is_terminal(),
+                        Ok(None) => true,
+                        Err(_) => false,
+                    };
+                    if finished {
+                        // The terminal event may be committed but not yet tailed: read it.
+                        self.catch_up().await?;
+                        return Err(Done);
+                    }
+                }
             }
         }
     }

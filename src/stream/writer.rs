@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::event::{Envelope, EventType, State, StreamId};
 use crate::kafka::producer::{self as journal, Journal, Stored};
+use crate::kafka::txn::TxnProducer;
 use crate::metrics::Metrics;
 use crate::store::{Durability, StreamRecord};
 use crate::stream::hub::{Live, LiveStream, StoredEvent};
@@ -68,7 +69,7 @@ impl Checkpoints {
 
 /// Writes one stream's events in order.
 pub struct StreamWriter {
-    journal: Arc<Journal>,
+    txn: Arc<TxnProducer>,
     records: Records,
     metrics: Arc<Metrics>,
     /// The stream.
@@ -94,6 +95,7 @@ impl StreamWriter {
     /// A writer for `record`'s stream.
     pub fn new(
         journal: Arc<Journal>,
+        txn: Arc<TxnProducer>,
         records: Records,
         metrics: Arc<Metrics>,
         id: StreamId,
@@ -103,7 +105,7 @@ impl StreamWriter {
         StreamWriter {
             topic: journal.topic_for(&id),
             requested: record.request.event_type.clone(),
-            journal,
+            txn,
             records,
             metrics,
             id,
@@ -224,10 +226,11 @@ impl StreamWriter {
         }
         let bytes = serde_json::to_vec(&env).unwrap_or_default();
         loop {
-            match self.journal.enqueue(
+            match self.txn.enqueue(
                 &self.topic,
+                None,
                 self.id.as_str(),
-                &bytes,
+                Some(&bytes),
                 &[("type", &env.event_type)],
                 "stream",
             ) {
@@ -244,7 +247,7 @@ impl StreamWriter {
                 }
                 Err(journal::Error::QueueFull) => match self.inflight.next().await {
                     Some(ack) => self.on_ack(ack)?,
-                    None => tokio::time::sleep(Duration::from_millis(5)).await,
+                    None => tokio::time::sleep(Duration::from_millis(1)).await,
                 },
                 Err(e) => return Err(e),
             }

@@ -15,6 +15,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::util::Timeout;
 
 use crate::kafka::producer::{self as journal, Journal};
+use crate::kafka::txn::Transactions;
 use crate::store::StreamRecord;
 
 pub mod follower;
@@ -58,21 +59,50 @@ pub enum Error {
     },
 }
 
-/// Writes stream records to the changelog. Cheap to share behind an `Arc`.
+/// Writes stream records to the changelog, each through the transactional writer of its
+/// partition. Cheap to share behind an `Arc`.
 pub struct Changelog {
     journal: Arc<Journal>,
+    txns: Arc<Transactions>,
     topic: String,
     partitions: i32,
 }
 
 impl Changelog {
     /// A writer to `topic`, which has `partitions` partitions (as many as the intake topic).
-    pub fn new(journal: Arc<Journal>, topic: &str, partitions: i32) -> Changelog {
+    pub fn new(
+        journal: Arc<Journal>,
+        txns: Arc<Transactions>,
+        topic: &str,
+        partitions: i32,
+    ) -> Changelog {
         Changelog {
             journal,
+            txns,
             topic: topic.to_owned(),
             partitions: partitions.max(1),
         }
+    }
+
+    /// Writes `value` (a tombstone when `None`) for `stream_id` into `partition`, in that
+    /// partition's transaction, and waits until it committed.
+    async fn put(
+        &self,
+        partition: i32,
+        stream_id: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), Error> {
+        let err = |source| Error::Write {
+            topic: self.topic.clone(),
+            source: Box::new(source),
+        };
+        let Some(txn) = self.txns.get(partition) else {
+            return Err(err(journal::Error::NotOwner { partition }));
+        };
+        txn.produce(&self.topic, Some(partition), stream_id, value, "changelog")
+            .await
+            .map(|_| ())
+            .map_err(err)
     }
 
     /// The changelog topic.
@@ -117,40 +147,18 @@ impl Changelog {
         Ok(())
     }
 
-    /// Writes a record and waits until Kafka acknowledged it (`acks=all`).
+    /// Writes a record and waits until its transaction committed.
     pub async fn write(&self, record: &StreamRecord) -> Result<(), Error> {
         let bytes = serde_json::to_vec(record).unwrap_or_default();
-        self.journal
-            .produce_at(
-                &self.topic,
-                Some(record.partition_in(self.partitions)),
-                &record.stream_id,
-                Some(&bytes),
-                &[],
-                "changelog",
-            )
-            .await
-            .map(|_| ())
-            .map_err(|source| Error::Write {
-                topic: self.topic.clone(),
-                source: Box::new(source),
-            })
+        let partition = record.partition_in(self.partitions);
+        self.put(partition, &record.stream_id, Some(&bytes)).await
     }
 
     /// Writes tombstones for streams retention deleted, given as `(stream id, partition)`.
     pub async fn bury(&self, streams: &[(String, i32)]) -> Result<(), Error> {
-        let acks = streams
-            .iter()
-            .map(|(id, p)| {
-                self.journal
-                    .produce_at(&self.topic, Some(*p), id, None, &[], "changelog")
-            })
-            .collect::<Vec<_>>();
-        for ack in futures::future::join_all(acks).await {
-            ack.map_err(|source| Error::Write {
-                topic: self.topic.clone(),
-                source: Box::new(source),
-            })?;
+        let puts = streams.iter().map(|(id, p)| self.put(*p, id, None));
+        for put in futures::future::join_all(puts).await {
+            put?;
         }
         Ok(())
     }

@@ -52,6 +52,26 @@ pub const CONTROL_HEADER: &str = "sluice.control";
 /// The control command that cancels the stream named by the message key.
 pub const CONTROL_CANCEL: &str = "cancel";
 
+/// What became of one intake message.
+enum Handled {
+    /// Durably handled: its offset may be stored.
+    Done,
+    /// Its partition is owned elsewhere now: its offset is not stored.
+    NotOwned,
+    /// The process is stopping before it was handled.
+    Stopping,
+}
+
+impl From<bool> for Handled {
+    fn from(done: bool) -> Handled {
+        if done {
+            Handled::Done
+        } else {
+            Handled::Stopping
+        }
+    }
+}
+
 /// The intake loop's state.
 pub struct Intake {
     consumer: BaseConsumer<IntakeContext>,
@@ -141,11 +161,17 @@ impl Intake {
             match self.consumer.poll(Duration::from_millis(100)) {
                 None => {}
                 Some(Ok(m)) => {
-                    if !handle.block_on(self.handle(&m, cancel)) {
-                        break;
-                    }
-                    if let Err(e) = self.consumer.store_offset_from_message(&m) {
-                        tracing::warn!(error = %e, offset = m.offset(), "intake offset not stored");
+                    match handle.block_on(self.handle(&m, cancel)) {
+                        Handled::Done => {
+                            if let Err(e) = self.consumer.store_offset_from_message(&m) {
+                                tracing::warn!(error = %e, offset = m.offset(), "intake offset not stored");
+                            }
+                        }
+                        // Its offset is not stored: the partition's owner reads it again.
+                        Handled::NotOwned => {
+                            tracing::info!(partition = m.partition(), offset = m.offset(), "request of a partition this instance no longer owns left to its owner");
+                        }
+                        Handled::Stopping => break,
                     }
                 }
                 Some(Err(e)) => {
@@ -172,10 +198,10 @@ impl Intake {
     }
 
     /// Handles one message durably. Returns false if the process is shutting down before it could.
-    async fn handle(&self, m: &BorrowedMessage<'_>, cancel: &CancellationToken) -> bool {
+    async fn handle(&self, m: &BorrowedMessage<'_>, cancel: &CancellationToken) -> Handled {
         if let Some(command) = header(m, CONTROL_HEADER) {
             self.control(m, &command);
-            return true;
+            return Handled::Done;
         }
         let bytes = m.payload().unwrap_or_default();
         let mut request = match Request::parse(bytes, self.settings.max_request_bytes) {
@@ -184,6 +210,7 @@ impl Intake {
                 return self
                     .dead_letter(m, e.reason(), &e.to_string(), cancel)
                     .await
+                    .into()
             }
         };
         if self.registry.get(&request.event_type).is_none() {
@@ -201,7 +228,7 @@ impl Intake {
                     format!("{t} is not a streaming type and has no handler"),
                 )
             };
-            return self.dead_letter(m, reason, &detail, cancel).await;
+            return self.dead_letter(m, reason, &detail, cancel).await.into();
         }
         request.owner = owner_of(m, &request);
         let stream_id = request
@@ -215,23 +242,27 @@ impl Intake {
                 .admit(&stream_id, request.clone(), m.partition())
                 .await
             {
-                Ok(Admission::Started) => return true,
+                Ok(Admission::Started) => return Handled::Done,
                 Ok(Admission::Duplicate) => {
                     tracing::info!(stream_id = %stream_id, offset = m.offset(), "duplicate request ignored; the stream exists");
-                    return true;
+                    return Handled::Done;
                 }
-                Ok(Admission::ShuttingDown) => return false,
+                Ok(Admission::ShuttingDown) => return Handled::Stopping,
+                Ok(Admission::NotOwned) => return Handled::NotOwned,
                 Ok(Admission::AtCapacity) => {
                     let detail =
                         format!("stream {stream_id} refused: retention.max_stream_topics reached");
-                    return self.dead_letter(m, "at_capacity", &detail, cancel).await;
+                    return self
+                        .dead_letter(m, "at_capacity", &detail, cancel)
+                        .await
+                        .into();
                 }
                 Err(e) => {
                     tracing::error!(stream_id = %stream_id, error = %e, "stream not registered; retrying")
                 }
             }
             tokio::select! {
-                _ = cancel.cancelled() => return false,
+                _ = cancel.cancelled() => return Handled::Stopping,
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -1,0 +1,468 @@
+//! Transactional writers, one per owned intake partition: every write of that partition's streams
+//! (their events and their changelog records) goes through the partition's producer, whose
+//! `transactional.id` is derived from the partition. When another instance takes the partition
+//! over, its `init_transactions` bumps the producer epoch: whatever the old owner still sends,
+//! however long it was paused, is refused by the brokers, and its open transaction is aborted.
+//!
+//! Writes are committed in batches: a committer commits the open transaction a few milliseconds
+//! after the first write into it, then opens the next. A write's future resolves only once its
+//! transaction committed, so nothing is published to subscribers, and no intake offset stored, on
+//! the strength of a write that could still be aborted. Readers use `read_committed`.
+//!
+//! This module does not decide ownership; `stream::ownership` opens and closes the writers.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::util::Timeout;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka::producer::{producer_config, record, Error, Stored};
+use crate::metrics::Metrics;
+use crate::settings::KafkaSettings;
+
+/// How long the committer waits after the first write of a transaction before committing it: the
+/// batch window. Live subscribers see an event at most about this much later than without
+/// transactions.
+pub const COMMIT_LINGER: Duration = Duration::from_millis(5);
+
+/// Aborted generations remembered for writers still waiting on them.
+const ABORTED_KEPT: usize = 256;
+
+/// What became of the transactions so far.
+#[derive(Default)]
+struct Settled {
+    /// Every generation up to this one is settled (committed unless listed in `aborted`).
+    upto: Option<u64>,
+    aborted: VecDeque<u64>,
+    /// From this generation on, every write is refused: another owner fenced this producer.
+    fenced_from: Option<u64>,
+}
+
+/// What the committer reports to ownership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A transaction failed and was aborted (or the producer broke): the partition's streams lost
+    /// writes they believed sent and must be restarted from what is committed.
+    Aborted {
+        /// The intake partition.
+        partition: i32,
+        /// The writer that failed ([`TxnProducer::id`]).
+        writer: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Another instance took the partition over.
+    Fenced {
+        /// The intake partition.
+        partition: i32,
+        /// The writer that was fenced ([`TxnProducer::id`]).
+        writer: u64,
+        /// Kafka's error.
+        reason: String,
+    },
+}
+
+/// Numbers the writers of this process, so a failure report of a replaced writer is told apart.
+static WRITERS: AtomicU64 = AtomicU64::new(0);
+
+/// One partition's transactional producer. Shared behind an `Arc`.
+pub struct TxnProducer {
+    id: u64,
+    partition: i32,
+    producer: FutureProducer,
+    /// The open transaction's generation; the committer holds it exclusively while committing.
+    open: RwLock<u64>,
+    pending: AtomicU64,
+    wake: Notify,
+    settled: watch::Sender<Settled>,
+    broken: AtomicBool,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+}
+
+/// The transactional id of `partition`'s producer, for intake group `group` on `topic`.
+pub fn transactional_id(group: &str, topic: &str, partition: i32) -> String {
+    format!("sluice.{group}.{topic}.{partition}")
+}
+
+impl TxnProducer {
+    /// Creates the producer and initialises its transactions, which fences any earlier producer
+    /// with the same id (a previous owner) and aborts its open transaction.
+    pub async fn open(
+        settings: &KafkaSettings,
+        transactional_id: &str,
+        partition: i32,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<TxnProducer>, Error> {
+        let timeout = settings.operation_timeout.max(Duration::from_secs(10));
+        let producer: FutureProducer =
+            producer_config(settings, &format!("sluice-txn-{partition}"))
+                .set("transactional.id", transactional_id)
+                // librdkafka requires message.timeout.ms <= transaction.timeout.ms; the broker
+                // caps the latter at transaction.max.timeout.ms (15 min by default).
+                .set(
+                    "transaction.timeout.ms",
+                    settings
+                        .message_timeout
+                        .clamp(Duration::from_secs(60), Duration::from_secs(900))
+                        .as_millis()
+                        .to_string(),
+                )
+                .set(
+                    "message.timeout.ms",
+                    settings
+                        .message_timeout
+                        .min(Duration::from_secs(900))
+                        .as_millis()
+                        .to_string(),
+                )
+                .create()
+                .map_err(Error::Client)?;
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || {
+            p.init_transactions(Timeout::After(timeout))?;
+            p.begin_transaction()
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+        .map_err(Error::Client)?;
+        Ok(Arc::new(TxnProducer {
+            id: WRITERS.fetch_add(1, Ordering::Relaxed),
+            partition,
+            producer,
+            open: RwLock::new(0),
+            pending: AtomicU64::new(0),
+            wake: Notify::new(),
+            settled: watch::Sender::new(Settled::default()),
+            broken: AtomicBool::new(false),
+            metrics,
+            timeout,
+        }))
+    }
+
+    /// This writer's number in the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The intake partition this producer writes for.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// Enqueues a message into the open transaction and returns a future that resolves once that
+    /// transaction committed (or failed). `QueueFull` means "try again shortly": the producer's
+    /// queue is full, or a commit is in progress.
+    pub fn enqueue(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: Option<&[u8]>,
+        headers: &[(&str, &str)],
+        topic_kind: &'static str,
+    ) -> Result<impl Future<Output = Result<Stored, Error>> + Send + 'static, Error> {
+        let fenced = Error::Fenced {
+            partition: self.partition,
+        };
+        if self.broken.load(Ordering::Acquire) {
+            self.metrics.fenced_write();
+            return Err(fenced);
+        }
+        let Ok(open) = self.open.try_read() else {
+            return Err(Error::QueueFull);
+        };
+        let generation = *open;
+        let started = Instant::now();
+        let delivery = match self
+            .producer
+            .send_result(record(topic, partition, key, payload, headers))
+        {
+            Ok(d) => d,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                return Err(Error::QueueFull)
+            }
+            Err((source, _)) if is_fenced(&source) => {
+                self.metrics.fenced_write();
+                return Err(fenced);
+            }
+            Err((source, _)) => {
+                return Err(Error::Produce {
+                    topic: topic.to_owned(),
+                    source,
+                })
+            }
+        };
+        drop(open);
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        self.wake.notify_one();
+        let mut settled = self.settled.subscribe();
+        let (metrics, topic, part) = (self.metrics.clone(), topic.to_owned(), self.partition);
+        Ok(async move {
+            let res = delivery.await;
+            metrics.produce_observed(topic_kind, started.elapsed());
+            let stored = match res {
+                Ok(Ok(d)) => Stored {
+                    partition: d.partition,
+                    offset: d.offset,
+                },
+                Ok(Err((source, _))) if is_fenced(&source) => {
+                    metrics.fenced_write();
+                    return Err(Error::Fenced { partition: part });
+                }
+                Ok(Err((source, _))) => return Err(Error::Produce { topic, source }),
+                Err(_) => {
+                    return Err(Error::Produce {
+                        topic,
+                        source: KafkaError::Canceled,
+                    })
+                }
+            };
+            let s = settled
+                .wait_for(|s| {
+                    s.upto.is_some_and(|u| u >= generation)
+                        || s.fenced_from.is_some_and(|f| f <= generation)
+                })
+                .await;
+            let Ok(s) = s else {
+                return Err(Error::NotOwner { partition: part });
+            };
+            if s.fenced_from.is_some_and(|f| f <= generation) {
+                metrics.fenced_write();
+                return Err(Error::Fenced { partition: part });
+            }
+            if s.aborted.contains(&generation) {
+                return Err(Error::Aborted {
+                    partition: part,
+                    reason: "its transaction was aborted".into(),
+                });
+            }
+            Ok(stored)
+        })
+    }
+
+    /// Enqueues (waiting while the queue is full or a commit runs) and waits for the commit.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: Option<&[u8]>,
+        topic_kind: &'static str,
+    ) -> Result<Stored, Error> {
+        loop {
+            match self.enqueue(topic, partition, key, payload, &[], topic_kind) {
+                Ok(ack) => return ack.await,
+                Err(Error::QueueFull) => tokio::time::sleep(Duration::from_millis(1)).await,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Commits until `stop` fires (then commits what is left), or until the producer is fenced or
+    /// broken, reporting failures on `events`.
+    pub async fn commit_until(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        events: mpsc::UnboundedSender<Event>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = self.wake.notified() => {}
+            }
+            tokio::time::sleep(COMMIT_LINGER).await;
+            if let Some(event) = self.commit().await {
+                let last =
+                    matches!(event, Event::Fenced { .. }) || self.broken.load(Ordering::Acquire);
+                let _ = events.send(event);
+                if last {
+                    return;
+                }
+            }
+        }
+        if !self.broken.load(Ordering::Acquire) {
+            if let Some(event) = self.commit().await {
+                let _ = events.send(event);
+            }
+        }
+    }
+
+    async fn commit(self: &Arc<Self>) -> Option<Event> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.commit_blocking())
+            .await
+            .unwrap_or_else(|e| {
+                Some(Event::Aborted {
+                    partition: self.partition,
+                    writer: self.id,
+                    reason: e.to_string(),
+                })
+            })
+    }
+
+    /// Commits the open transaction if it holds anything and opens the next one.
+    fn commit_blocking(&self) -> Option<Event> {
+        let mut open = self.open.write().unwrap_or_else(|p| p.into_inner());
+        if self.pending.swap(0, Ordering::AcqRel) == 0 {
+            return None;
+        }
+        let generation = *open;
+        let started = Instant::now();
+        let mut result = self
+            .producer
+            .commit_transaction(Timeout::After(self.timeout));
+        for _ in 0..3 {
+            match &result {
+                Err(KafkaError::Transaction(e)) if e.is_retriable() => {
+                    result = self
+                        .producer
+                        .commit_transaction(Timeout::After(self.timeout));
+                }
+                _ => break,
+            }
+        }
+        let event = match result {
+            Ok(()) => {
+                self.metrics.transaction_committed(started.elapsed());
+                None
+            }
+            Err(e) if is_fenced(&e) => {
+                self.broken.store(true, Ordering::Release);
+                self.settled
+                    .send_modify(|s| s.fenced_from = Some(generation));
+                // A fatal error that is not a fencing needs a new producer, not a new owner.
+                let fatal = self.producer.client().fatal_error();
+                let taken_over = fatal.as_ref().is_none_or(|(code, _)| {
+                    matches!(
+                        code,
+                        RDKafkaErrorCode::ProducerFenced
+                            | RDKafkaErrorCode::InvalidProducerEpoch
+                            | RDKafkaErrorCode::Fenced
+                    )
+                });
+                let reason = match fatal {
+                    Some((code, text)) => format!("{e} ({code:?}: {text})"),
+                    None => e.to_string(),
+                };
+                let (partition, writer) = (self.partition, self.id);
+                return Some(if taken_over {
+                    Event::Fenced {
+                        partition,
+                        writer,
+                        reason,
+                    }
+                } else {
+                    Event::Aborted {
+                        partition,
+                        writer,
+                        reason,
+                    }
+                });
+            }
+            Err(e) => {
+                let aborted = self
+                    .producer
+                    .abort_transaction(Timeout::After(self.timeout));
+                if let Err(abort) = aborted {
+                    // The producer cannot go on: its writers fail, and ownership replaces it.
+                    self.broken.store(true, Ordering::Release);
+                    self.settled.send_modify(|s| {
+                        s.aborted.push_back(generation);
+                        s.upto = Some(generation);
+                        s.fenced_from = Some(generation + 1);
+                    });
+                    return Some(Event::Aborted {
+                        partition: self.partition,
+                        writer: self.id,
+                        reason: format!("{e}; abort failed too: {abort}"),
+                    });
+                }
+                self.settled.send_modify(|s| {
+                    s.aborted.push_back(generation);
+                    while s.aborted.len() > ABORTED_KEPT {
+                        s.aborted.pop_front();
+                    }
+                });
+                Some(Event::Aborted {
+                    partition: self.partition,
+                    writer: self.id,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        if let Err(e) = self.producer.begin_transaction() {
+            self.broken.store(true, Ordering::Release);
+            self.settled.send_modify(|s| {
+                s.upto = Some(generation);
+                s.fenced_from = Some(generation + 1);
+            });
+            return Some(Event::Aborted {
+                partition: self.partition,
+                writer: self.id,
+                reason: format!("next transaction not begun: {e}"),
+            });
+        }
+        *open = generation + 1;
+        self.settled.send_modify(|s| s.upto = Some(generation));
+        event
+    }
+}
+
+/// Whether an error means another producer with the same id took over (or left this one in a
+/// fatal state, which only a new producer ends): nothing more may be written with it.
+fn is_fenced(e: &KafkaError) -> bool {
+    let code = match e {
+        KafkaError::Transaction(t) => t.code(),
+        other => match other.rdkafka_error_code() {
+            Some(c) => c,
+            None => return false,
+        },
+    };
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::Fatal
+    )
+}
+
+/// The open transactional producers, by intake partition.
+#[derive(Default)]
+pub struct Transactions(Mutex<HashMap<i32, Arc<TxnProducer>>>);
+
+impl Transactions {
+    /// The producer of `partition`, if this instance owns it.
+    pub fn get(&self, partition: i32) -> Option<Arc<TxnProducer>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&partition)
+            .cloned()
+    }
+
+    /// Makes `producer` the writer of its partition.
+    pub fn insert(&self, producer: Arc<TxnProducer>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(producer.partition(), producer);
+    }
+
+    /// Removes the writer of `partition`, if `current` is still it.
+    pub fn remove(&self, partition: i32, current: &Arc<TxnProducer>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&partition).is_some_and(|p| Arc::ptr_eq(p, current)) {
+            map.remove(&partition);
+        }
+    }
+}
