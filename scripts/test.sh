@@ -34,6 +34,7 @@ echo "== benchmark harness smoke runs (no speed assertions)"
 cargo test --locked --bench e2e -- --quick
 cargo test --locked --bench sources -- --quick
 cargo test --locked --bench surfaces -- --quick
+cargo test --locked --bench cluster -- --quick
 echo "== fuzz smoke (each target ~30 s from the committed corpus)"
 scripts/fuzz.sh 30
 echo "== live dashboard check"

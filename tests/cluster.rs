@@ -463,3 +463,36 @@ async fn an_instance_added_under_load_takes_partitions_and_nothing_is_lost() {
         "partitions moved off the old instances: {revoked}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_on_a_non_owner_follows_the_stream_live() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Without a live tail, a follower on a non-owner would re-check only every hour.
+    let extra = "[edge]\nremote_poll_interval = \"1h\"";
+    let configs = write_cluster_configs(dir.path(), 2, 2, "", extra);
+    let a = spawn(&configs[0]).await;
+    let b = spawn(&configs[1]).await;
+    wait_spread(&[&a, &b], 2).await;
+    let payload = json!({"count": 40, "interval_ms": 50});
+    let (_, on_a) = streams_on(&[&a, &b], 0, 1, payload).await;
+    let id = on_a[0].clone();
+    let mut sse = b.sse(&id, None).await;
+    let mut events = Vec::new();
+    while let Some(ev) = sse.next_event().await {
+        let state = ev.state().to_owned();
+        events.push(ev);
+        if events.len() == 5 {
+            assert_eq!(
+                metric(&b.metrics().await, "sluice_remote_tails"),
+                1.0,
+                "the non-owner tails the stream"
+            );
+        }
+        if state != "started" && state != "stream" {
+            break;
+        }
+    }
+    assert_complete(&events, 40, "success");
+    wait_until(|| async { metric(&b.metrics().await, "sluice_remote_tails") == 0.0 }).await;
+}
