@@ -280,6 +280,15 @@ impl App {
                 .watch(self.txn_events, writers_stop.clone()),
         );
         let intake_stop = CancellationToken::new();
+        // The intake consumer, the changelog follower and the remote tail loop on blocking
+        // threads, which a runtime waits for when it is dropped: if this future is dropped before
+        // an orderly shutdown (a panicking caller), stop them too.
+        let _stop_on_drop = (
+            intake_stop.clone().drop_guard(),
+            follower_stop.clone().drop_guard(),
+            self.edge_stop.clone().drop_guard(),
+            self.stream_stop.clone().drop_guard(),
+        );
         let intake = tasks.spawn(self.intake.run(intake_stop.clone()));
         tasks.spawn(self.sweeper.run(intake_stop.clone()));
         let edge_stop = self.edge_stop.clone();

@@ -94,7 +94,23 @@ async fn broker_restart_mid_stream_loses_nothing() {
                     break;
                 }
             }
-            None => sse = app.sse(&id, seen.last().and_then(|e| e.id)).await,
+            // Right after the restart the broker may not lead the topic yet: the edge answers
+            // 503 `unavailable`, and a client tries again.
+            None => {
+                let url = app.url(&format!("/v1/streams/{id}/events"));
+                let after = seen.last().and_then(|e| e.id);
+                let deadline = tokio::time::Instant::now() + WAIT;
+                sse = loop {
+                    match SseClient::try_connect(&url, after).await {
+                        Ok(c) => break c,
+                        Err(e) => {
+                            assert!(e.starts_with("503"), "reconnect refused: {e}");
+                            assert!(tokio::time::Instant::now() < deadline, "reconnect: {e}");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                };
+            }
         }
     }
     assert_complete(&seen, 60, "success");
