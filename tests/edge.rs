@@ -78,11 +78,10 @@ async fn websocket_request_streams_events_and_cancel_produces_cancelled() {
     .await;
     let first = recv(&mut ws).await;
     assert_eq!(first["stream_id"], long.as_str(), "{first}");
-    assert_eq!(
-        first["id"].as_i64(),
-        Some(started["id"].as_i64().unwrap() + 1),
-        "{first}"
-    );
+    // The next stored event: ids increase but are not contiguous (transaction markers take
+    // offsets), so it is told by its seq.
+    assert_eq!(first["seq"], 1, "{first}");
+    assert!(first["id"].as_i64() > started["id"].as_i64(), "{first}");
     app.shutdown().await;
 }
 

@@ -100,16 +100,28 @@ pub async fn read_topics(topics: &[String]) -> HashMap<String, Vec<Value>> {
         return out;
     }
     consumer.assign(&tpl).unwrap();
+    // Transaction markers take offsets but are never returned: a topic is read once the
+    // consumer's position in it reaches its high watermark.
+    let deadline = tokio::time::Instant::now() + WAIT;
     while !remaining.is_empty() {
-        let m = tokio::time::timeout(WAIT, consumer.recv())
-            .await
-            .expect("stream topics read in time")
-            .unwrap();
-        let t = m.topic().to_owned();
-        let v = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(Value::Null);
-        out.get_mut(&t).unwrap().push(v);
-        if remaining.get(&t).is_some_and(|h| m.offset() + 1 >= *h) {
-            remaining.remove(&t);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream topics read in time"
+        );
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
+            let m = m.unwrap();
+            let v = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(Value::Null);
+            out.get_mut(m.topic()).unwrap().push(v);
+        }
+        if let Ok(pos) = consumer.position() {
+            for e in pos.elements() {
+                let done = remaining
+                    .get(e.topic())
+                    .is_some_and(|h| e.offset().to_raw().is_some_and(|o| o >= *h));
+                if done {
+                    remaining.remove(e.topic());
+                }
+            }
         }
     }
     out
