@@ -217,7 +217,13 @@ impl TxnProducer {
                     metrics.fenced_write();
                     return Err(Error::Fenced { partition: part });
                 }
-                Ok(Err((source, _))) => return Err(Error::Produce { topic, source }),
+                // A failed write dooms its transaction: the committer aborts it.
+                Ok(Err((source, _))) => {
+                    return Err(Error::Aborted {
+                        partition: part,
+                        reason: format!("produce to {topic}: {source}"),
+                    })
+                }
                 Err(_) => {
                     return Err(Error::Produce {
                         topic,

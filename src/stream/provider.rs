@@ -527,6 +527,13 @@ impl Run<'_> {
             Err(e) => Err(e),
         };
         if let Err(e) = written {
+            if e.is_handover() {
+                // The end is not stored, so it is not recorded either: the stream resumes, and
+                // its resumed run finds the same end again.
+                self.w.persist(Durability::Sync).await;
+                tracing::warn!(stream_id = %self.w.id, error = %e, "terminal event not stored: its transaction was aborted or fenced; the stream resumes from what was committed");
+                return;
+            }
             tracing::error!(stream_id = %self.w.id, error = %e, "terminal event not stored");
         }
         self.w.record.state = terminal_state(state);

@@ -2,9 +2,9 @@
 //! changelog the durable copy. Reads go to the local store, which the changelog follower keeps
 //! current for streams owned elsewhere.
 //!
-//! A registration is acknowledged by the changelog before it is written locally, so an intake
-//! offset is never stored for a stream another instance could not find. Later writes go to the
-//! local store first (a restarted instance resumes from it at once) and then to the changelog.
+//! Every write is committed to the changelog before it is written locally: an intake offset is
+//! never stored for a stream another instance could not find, and a write of a partition this
+//! instance no longer owns (refused by the changelog) never lands in the local store.
 
 use std::sync::Arc;
 
@@ -63,12 +63,14 @@ impl Records {
         Ok(())
     }
 
-    /// Writes a record locally with `durability`, then to the changelog, waiting for both.
+    /// Writes a record to the changelog, then, once that committed, locally with `durability`.
+    /// A write the changelog refuses (the partition is owned elsewhere now) never reaches the
+    /// local store either, where it would shadow the new owner's records.
     pub async fn save(&self, record: StreamRecord, durability: Durability) -> Result<(), Error> {
         let mut stamped = record;
         stamped.updated_at = chrono::Utc::now();
-        self.store.put(&stamped, durability).await?;
         self.changelog.write(&stamped).await?;
+        self.store.put(&stamped, durability).await?;
         Ok(())
     }
 

@@ -219,7 +219,6 @@ impl StreamWriter {
             // Never reuse a seq the topic already holds, even if a resumed handler emitted fewer chunks.
             seq = stored + 1;
         }
-        self.record.next_seq = seq + 1;
         let mut env = self.envelope(state, seq, payload);
         if metadata.is_some() {
             env.metadata = self.merged_metadata(metadata);
@@ -235,6 +234,9 @@ impl StreamWriter {
                 "stream",
             ) {
                 Ok(ack) => {
+                    // The seq is taken only once the event is enqueued: a write abandoned while
+                    // it waited (the run timed out or was cancelled) leaves no hole.
+                    self.record.next_seq = seq + 1;
                     let written = Written {
                         seq,
                         state,
