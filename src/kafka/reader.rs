@@ -197,6 +197,15 @@ impl Reader {
     /// markers take some), so this reads backwards in growing windows.
     pub async fn read_last(&self, topic: &str) -> Result<Option<StoredEvent>, Error> {
         let marks = self.watermarks(topic).await?;
+        self.read_last_in(topic, marks).await
+    }
+
+    /// [`Reader::read_last`] within `marks`, already read by the caller.
+    pub async fn read_last_in(
+        &self,
+        topic: &str,
+        marks: Watermarks,
+    ) -> Result<Option<StoredEvent>, Error> {
         let mut span = 8;
         loop {
             let from = (marks.high - span).max(marks.low);

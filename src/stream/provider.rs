@@ -318,7 +318,7 @@ impl Run<'_> {
         mode: ResumeMode,
     ) -> Result<bool, crate::kafka::reader::Error> {
         let marks = self.p.reader.watermarks(&self.w.topic).await?;
-        let last = self.p.reader.read_last(&self.w.topic).await?;
+        let last = self.p.reader.read_last_in(&self.w.topic, marks).await?;
         let Some(last) = last else {
             // Nothing stored: start from the beginning, `started` included.
             self.w.record.next_seq = 0;
