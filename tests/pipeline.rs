@@ -362,3 +362,38 @@ async fn expired_last_event_id_is_told_history_was_lost() {
     );
     app.shutdown().await;
 }
+
+/// The members the broker lists for consumer group `group`.
+fn group_members(group: &str) -> usize {
+    use rdkafka::consumer::Consumer;
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let list = consumer
+        .fetch_group_list(Some(group), Duration::from_secs(10))
+        .expect("group list");
+    list.groups()
+        .iter()
+        .find(|g| g.name() == group)
+        .map_or(0, |g| g.members().len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_instance_leaves_the_intake_group_at_once() {
+    let app = start(|_| {}).await;
+    let id = app
+        .request(ticks(json!({"count": 3, "interval_ms": 10})))
+        .await;
+    assert_complete(&app.sse(&id, None).await.collect().await, 3, "success");
+    let group = app.settings.intake.group_id.clone();
+    assert_eq!(group_members(&group), 1, "the running instance is a member");
+    app.shutdown().await;
+    // A member that only stops heartbeating is listed until its session times out, and the
+    // instance that replaces it waits that long for the partitions.
+    assert_eq!(
+        group_members(&group),
+        0,
+        "a graceful stop leaves the group instead of waiting out the session timeout"
+    );
+}

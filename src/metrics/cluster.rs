@@ -1,7 +1,8 @@
 //! Scale-out metrics and logs: owned intake partitions (`sluice_partitions_owned`), rebalances
 //! (`sluice_rebalances_total{kind}`), changelog restores (`sluice_changelog_restore_seconds`) and
 //! records applied from the changelog (`sluice_changelog_records_applied_total`), fenced writes
-//! (`sluice_fenced_writes_total`) and transaction commits (`sluice_transaction_commit_seconds`).
+//! (`sluice_fenced_writes_total`), transaction commits (`sluice_transaction_commit_seconds`) and
+//! writes that arrived during a commit (`sluice_transaction_parked_writes_total`).
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ pub(super) struct ClusterMetrics {
     applied: IntCounter,
     fenced: IntCounter,
     commits: Histogram,
+    parked: IntCounter,
     remote: IntGauge,
 }
 
@@ -56,6 +58,11 @@ impl ClusterMetrics {
             )
             .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5]),
         )?;
+        let parked = IntCounter::new(
+            names::TRANSACTION_PARKED,
+            "Writes that arrived while their partition's transaction was committing, sent into \
+             the next transaction as it began.",
+        )?;
         let remote = IntGauge::new(
             names::REMOTE_TAILS,
             "Streams running on other instances that local subscribers follow live.",
@@ -63,6 +70,7 @@ impl ClusterMetrics {
         registry.register(Box::new(remote.clone()))?;
         registry.register(Box::new(fenced.clone()))?;
         registry.register(Box::new(commits.clone()))?;
+        registry.register(Box::new(parked.clone()))?;
         registry.register(Box::new(owned.clone()))?;
         registry.register(Box::new(rebalances.clone()))?;
         registry.register(Box::new(restore.clone()))?;
@@ -77,6 +85,7 @@ impl ClusterMetrics {
             applied,
             fenced,
             commits,
+            parked,
             remote,
         })
     }
@@ -127,6 +136,11 @@ impl Metrics {
     /// A partition's transaction committed after `elapsed`.
     pub fn transaction_committed(&self, elapsed: Duration) {
         self.cluster.commits.observe(elapsed.as_secs_f64());
+    }
+
+    /// `n` writes that waited for a commit were sent into the next transaction.
+    pub fn transaction_parked(&self, n: u64) {
+        self.cluster.parked.inc_by(n);
     }
 
     /// A partition's writer failed: its streams stop and resume from what was committed.

@@ -55,6 +55,8 @@ pub mod names {
     pub const FENCED_WRITES: &str = "sluice_fenced_writes_total";
     /// Time to commit one partition transaction.
     pub const TRANSACTION_COMMIT: &str = "sluice_transaction_commit_seconds";
+    /// Writes sent into a transaction after waiting for the previous commit.
+    pub const TRANSACTION_PARKED: &str = "sluice_transaction_parked_writes_total";
     /// Changelog records applied to the local store (other owners' writes).
     pub const CHANGELOG_APPLIED: &str = "sluice_changelog_records_applied_total";
     /// Events replayed from Kafka to edge clients.

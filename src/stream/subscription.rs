@@ -363,18 +363,17 @@ impl Pump {
                 }
                 Some(Err(broadcast::error::RecvError::Lagged(_))) => self.catch_up().await?,
                 Some(Err(broadcast::error::RecvError::Closed)) => return Err(Done),
-                None => {
-                    let finished = match self.subs.store.get(self.id.as_str()).await {
-                        Ok(Some(r)) => r.state.is_terminal(),
-                        Ok(None) => true,
-                        Err(_) => false,
-                    };
-                    if finished {
+                None => match self.subs.store.get(self.id.as_str()).await {
+                    Ok(Some(r)) if !r.state.is_terminal() => {}
+                    Ok(_) => {
                         // The terminal event may be committed but not yet tailed: read it.
                         self.catch_up().await?;
                         return Err(Done);
                     }
-                }
+                    // An unreadable record says nothing; the topic does. A stream whose record
+                    // is corrupt is ended with a `failed` event that the tail may have missed.
+                    Err(_) => self.catch_up().await?,
+                },
             }
         }
     }

@@ -105,6 +105,9 @@ impl Follower {
             .set("enable.partition.eof", "false")
             .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "earliest")
+            // A restore waits for the position to pass the last commit marker, which an idle
+            // fetch learns of only when the broker answers it: answer soon.
+            .set("fetch.wait.max.ms", "50")
             .create()
             .map_err(err)?;
         let stored = store.changelog_positions(&topic).unwrap_or_else(|e| {

@@ -10,7 +10,7 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
@@ -45,6 +45,9 @@ pub enum Error {
         source: KafkaError,
     },
 }
+
+/// How often the stored intake offsets are committed while consuming.
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The intake record header that marks a control message; its value names the command.
 pub const CONTROL_HEADER: &str = "sluice.control";
@@ -113,8 +116,11 @@ impl Intake {
         let mut config = client_config(kafka);
         config
             .set("group.id", &settings.group_id)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
+            // Committed by `run_blocking` every `COMMIT_INTERVAL`, and at revocation by the
+            // rebalance callback. Auto-commit would also commit on unassign, and a consumer that
+            // closes with that commit in flight never leaves its group: its successor then waits
+            // out the session timeout before it is given the partitions.
+            .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("statistics.interval.ms", "5000")
@@ -157,7 +163,13 @@ impl Intake {
     }
 
     fn run_blocking(self, handle: &Handle, cancel: &CancellationToken) {
+        let mut committed = Instant::now();
         while !cancel.is_cancelled() {
+            if committed.elapsed() >= COMMIT_INTERVAL {
+                committed = Instant::now();
+                // Nothing stored since the last commit is the usual "error" here.
+                let _ = self.consumer.commit_consumer_state(CommitMode::Async);
+            }
             match self.consumer.poll(Duration::from_millis(100)) {
                 None => {}
                 Some(Ok(m)) => {

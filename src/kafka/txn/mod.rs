@@ -7,7 +7,9 @@
 //! Writes are committed in batches: a committer commits the open transaction a few milliseconds
 //! after the first write into it, then opens the next. A write's future resolves only once its
 //! transaction committed, so nothing is published to subscribers, and no intake offset stored, on
-//! the strength of a write that could still be aborted. Readers use `read_committed`.
+//! the strength of a write that could still be aborted. Readers use `read_committed`. A write that
+//! arrives while a commit runs is parked, and sent into the next transaction as it begins, ahead
+//! of any later write: writers never wait for a commit to enqueue (see `commit`).
 //!
 //! This module does not decide ownership; `stream::ownership` opens and closes the writers.
 
@@ -18,19 +20,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rdkafka::util::Timeout;
-use tokio::sync::{mpsc, watch, Notify};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{oneshot, watch, Notify};
+
+mod commit;
+pub use commit::COMMIT_LINGER;
 
 use crate::kafka::producer::{producer_config, record, Error, Stored};
 use crate::metrics::Metrics;
 use crate::settings::KafkaSettings;
-
-/// How long the committer waits after the first write of a transaction before committing it: the
-/// batch window. Live subscribers see an event at most about this much later than without
-/// transactions.
-pub const COMMIT_LINGER: Duration = Duration::from_millis(5);
 
 /// Aborted generations remembered for writers still waiting on them.
 const ABORTED_KEPT: usize = 256;
@@ -69,6 +68,22 @@ pub enum Event {
     },
 }
 
+/// A write that arrived while a commit ran, with everything needed to send it later.
+struct Parked {
+    topic: String,
+    partition: Option<i32>,
+    key: String,
+    payload: Option<Vec<u8>>,
+    headers: Vec<(String, String)>,
+    sent: oneshot::Sender<Result<(DeliveryFuture, u64), Error>>,
+}
+
+/// How a write entered its transaction: sent at once, or parked until the next one began.
+enum Entry {
+    Sent(DeliveryFuture, u64),
+    Parked(oneshot::Receiver<Result<(DeliveryFuture, u64), Error>>),
+}
+
 /// Numbers the writers of this process, so a failure report of a replaced writer is told apart.
 static WRITERS: AtomicU64 = AtomicU64::new(0);
 
@@ -80,6 +95,10 @@ pub struct TxnProducer {
     /// The open transaction's generation; the committer holds it exclusively while committing.
     open: RwLock<u64>,
     pending: AtomicU64,
+    /// Writes that arrived while a commit ran, sent into the next transaction as it begins.
+    parked: Mutex<Vec<Parked>>,
+    /// A write could not be sent into the open transaction: it must be aborted, not committed.
+    doomed: AtomicBool,
     wake: Notify,
     settled: watch::Sender<Settled>,
     broken: AtomicBool,
@@ -139,6 +158,8 @@ impl TxnProducer {
             producer,
             open: RwLock::new(0),
             pending: AtomicU64::new(0),
+            parked: Mutex::new(Vec::new()),
+            doomed: AtomicBool::new(false),
             wake: Notify::new(),
             settled: watch::Sender::new(Settled::default()),
             broken: AtomicBool::new(false),
@@ -158,8 +179,9 @@ impl TxnProducer {
     }
 
     /// Enqueues a message into the open transaction and returns a future that resolves once that
-    /// transaction committed (or failed). `QueueFull` means "try again shortly": the producer's
-    /// queue is full, or a commit is in progress.
+    /// transaction committed (or failed). A write arriving while a commit runs is parked and sent
+    /// into the next transaction as soon as it begins, ahead of any later write. `QueueFull` means
+    /// "try again shortly": the producer's queue is full.
     pub fn enqueue(
         &self,
         topic: &str,
@@ -169,43 +191,62 @@ impl TxnProducer {
         headers: &[(&str, &str)],
         topic_kind: &'static str,
     ) -> Result<impl Future<Output = Result<Stored, Error>> + Send + 'static, Error> {
-        let fenced = Error::Fenced {
-            partition: self.partition,
-        };
         if self.broken.load(Ordering::Acquire) {
             self.metrics.fenced_write();
-            return Err(fenced);
+            return Err(Error::Fenced {
+                partition: self.partition,
+            });
         }
-        let Ok(open) = self.open.try_read() else {
-            return Err(Error::QueueFull);
-        };
-        let generation = *open;
         let started = Instant::now();
-        let delivery = match self
-            .producer
-            .send_result(record(topic, partition, key, payload, headers))
-        {
-            Ok(d) => d,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                return Err(Error::QueueFull)
-            }
-            Err((source, _)) if is_fenced(&source) => {
-                self.metrics.fenced_write();
-                return Err(fenced);
-            }
-            Err((source, _)) => {
-                return Err(Error::Produce {
-                    topic: topic.to_owned(),
-                    source,
-                })
+        let entry = {
+            // Taken before the gate: the committer drains the parked writes and opens the gate
+            // while it holds this lock, so a write is parked only if the drain will see it.
+            let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+            match self.open.try_read() {
+                Ok(open) => {
+                    drop(parked);
+                    let generation = *open;
+                    Entry::Sent(
+                        self.send(topic, partition, key, payload, headers)?,
+                        generation,
+                    )
+                }
+                Err(_) => {
+                    let (sent, rx) = oneshot::channel();
+                    parked.push(Parked {
+                        topic: topic.to_owned(),
+                        partition,
+                        key: key.to_owned(),
+                        payload: payload.map(<[u8]>::to_vec),
+                        headers: headers
+                            .iter()
+                            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                            .collect(),
+                        sent,
+                    });
+                    Entry::Parked(rx)
+                }
             }
         };
-        drop(open);
-        self.pending.fetch_add(1, Ordering::AcqRel);
-        self.wake.notify_one();
+        if matches!(entry, Entry::Sent(..)) {
+            self.pending.fetch_add(1, Ordering::AcqRel);
+            self.wake.notify_one();
+        }
         let mut settled = self.settled.subscribe();
         let (metrics, topic, part) = (self.metrics.clone(), topic.to_owned(), self.partition);
         Ok(async move {
+            let (delivery, generation) = match entry {
+                Entry::Sent(d, g) => (d, g),
+                Entry::Parked(rx) => match rx.await {
+                    Ok(Ok(sent)) => sent,
+                    Ok(Err(e)) => return Err(e),
+                    // Dropped unsent: the producer was fenced or broke while the write waited.
+                    Err(_) => {
+                        metrics.fenced_write();
+                        return Err(Error::Fenced { partition: part });
+                    }
+                },
+            };
             let res = delivery.await;
             metrics.produce_observed(topic_kind, started.elapsed());
             let stored = match res {
@@ -254,6 +295,36 @@ impl TxnProducer {
         })
     }
 
+    /// Sends a message into the open transaction; the caller holds the gate.
+    fn send(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Result<DeliveryFuture, Error> {
+        match self
+            .producer
+            .send_result(record(topic, partition, key, payload, headers))
+        {
+            Ok(d) => Ok(d),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(Error::QueueFull)
+            }
+            Err((source, _)) if is_fenced(&source) => {
+                self.metrics.fenced_write();
+                Err(Error::Fenced {
+                    partition: self.partition,
+                })
+            }
+            Err((source, _)) => Err(Error::Produce {
+                topic: topic.to_owned(),
+                source,
+            }),
+        }
+    }
+
     /// Enqueues (waiting while the queue is full or a commit runs) and waits for the commit.
     pub async fn produce(
         &self,
@@ -270,156 +341,6 @@ impl TxnProducer {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Commits until `stop` fires (then commits what is left), or until the producer is fenced or
-    /// broken, reporting failures on `events`.
-    pub async fn commit_until(
-        self: Arc<Self>,
-        stop: CancellationToken,
-        events: mpsc::UnboundedSender<Event>,
-    ) {
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                _ = self.wake.notified() => {}
-            }
-            tokio::time::sleep(COMMIT_LINGER).await;
-            if let Some(event) = self.commit().await {
-                let last =
-                    matches!(event, Event::Fenced { .. }) || self.broken.load(Ordering::Acquire);
-                let _ = events.send(event);
-                if last {
-                    return;
-                }
-            }
-        }
-        if !self.broken.load(Ordering::Acquire) {
-            if let Some(event) = self.commit().await {
-                let _ = events.send(event);
-            }
-        }
-    }
-
-    async fn commit(self: &Arc<Self>) -> Option<Event> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.commit_blocking())
-            .await
-            .unwrap_or_else(|e| {
-                Some(Event::Aborted {
-                    partition: self.partition,
-                    writer: self.id,
-                    reason: e.to_string(),
-                })
-            })
-    }
-
-    /// Commits the open transaction if it holds anything and opens the next one.
-    fn commit_blocking(&self) -> Option<Event> {
-        let mut open = self.open.write().unwrap_or_else(|p| p.into_inner());
-        if self.pending.swap(0, Ordering::AcqRel) == 0 {
-            return None;
-        }
-        let generation = *open;
-        let started = Instant::now();
-        let mut result = self
-            .producer
-            .commit_transaction(Timeout::After(self.timeout));
-        for _ in 0..3 {
-            match &result {
-                Err(KafkaError::Transaction(e)) if e.is_retriable() => {
-                    result = self
-                        .producer
-                        .commit_transaction(Timeout::After(self.timeout));
-                }
-                _ => break,
-            }
-        }
-        let event = match result {
-            Ok(()) => {
-                self.metrics.transaction_committed(started.elapsed());
-                None
-            }
-            Err(e) if is_fenced(&e) => {
-                self.broken.store(true, Ordering::Release);
-                self.settled
-                    .send_modify(|s| s.fenced_from = Some(generation));
-                // A fatal error that is not a fencing needs a new producer, not a new owner.
-                let fatal = self.producer.client().fatal_error();
-                let taken_over = fatal.as_ref().is_none_or(|(code, _)| {
-                    matches!(
-                        code,
-                        RDKafkaErrorCode::ProducerFenced
-                            | RDKafkaErrorCode::InvalidProducerEpoch
-                            | RDKafkaErrorCode::Fenced
-                    )
-                });
-                let reason = match fatal {
-                    Some((code, text)) => format!("{e} ({code:?}: {text})"),
-                    None => e.to_string(),
-                };
-                let (partition, writer) = (self.partition, self.id);
-                return Some(if taken_over {
-                    Event::Fenced {
-                        partition,
-                        writer,
-                        reason,
-                    }
-                } else {
-                    Event::Aborted {
-                        partition,
-                        writer,
-                        reason,
-                    }
-                });
-            }
-            Err(e) => {
-                let aborted = self
-                    .producer
-                    .abort_transaction(Timeout::After(self.timeout));
-                if let Err(abort) = aborted {
-                    // The producer cannot go on: its writers fail, and ownership replaces it.
-                    self.broken.store(true, Ordering::Release);
-                    self.settled.send_modify(|s| {
-                        s.aborted.push_back(generation);
-                        s.upto = Some(generation);
-                        s.fenced_from = Some(generation + 1);
-                    });
-                    return Some(Event::Aborted {
-                        partition: self.partition,
-                        writer: self.id,
-                        reason: format!("{e}; abort failed too: {abort}"),
-                    });
-                }
-                self.settled.send_modify(|s| {
-                    s.aborted.push_back(generation);
-                    while s.aborted.len() > ABORTED_KEPT {
-                        s.aborted.pop_front();
-                    }
-                });
-                Some(Event::Aborted {
-                    partition: self.partition,
-                    writer: self.id,
-                    reason: e.to_string(),
-                })
-            }
-        };
-        if let Err(e) = self.producer.begin_transaction() {
-            self.broken.store(true, Ordering::Release);
-            self.settled.send_modify(|s| {
-                s.upto = Some(generation);
-                s.fenced_from = Some(generation + 1);
-            });
-            return Some(Event::Aborted {
-                partition: self.partition,
-                writer: self.id,
-                reason: format!("next transaction not begun: {e}"),
-            });
-        }
-        *open = generation + 1;
-        self.settled.send_modify(|s| s.upto = Some(generation));
-        event
     }
 }
 

@@ -1,0 +1,111 @@
+//! A partition's transactional writer against the real broker: writes that arrive while a commit
+//! runs wait for the next transaction, and every writer's messages still land exactly once and in
+//! the order it enqueued them.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use common::*;
+use futures::stream::{FuturesOrdered, StreamExt};
+use rdkafka::Message;
+use sluice::kafka::producer::{Error, Journal};
+use sluice::kafka::txn::TxnProducer;
+use sluice::metrics::Metrics;
+use tokio_util::sync::CancellationToken;
+
+/// Messages each writer enqueues, and how many of its writes may wait for a commit at once.
+const PER_WRITER: usize = 600;
+const WINDOW: usize = 64;
+
+/// Enqueues `key`'s messages `0..PER_WRITER` in order, at most `WINDOW` unacknowledged.
+async fn write_all(txn: Arc<TxnProducer>, topic: String, key: String) {
+    let mut inflight = FuturesOrdered::new();
+    for n in 0..PER_WRITER {
+        let payload = format!("{key}:{n}");
+        loop {
+            match txn.enqueue(&topic, None, &key, Some(payload.as_bytes()), &[], "stream") {
+                Ok(ack) => {
+                    inflight.push_back(ack);
+                    break;
+                }
+                Err(Error::QueueFull) => {
+                    inflight.next().await.expect("an ack").expect("committed");
+                }
+                Err(e) => panic!("enqueue: {e}"),
+            }
+        }
+        if inflight.len() >= WINDOW {
+            inflight.next().await.expect("an ack").expect("committed");
+        }
+        if n % 50 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    while let Some(ack) = inflight.next().await {
+        ack.expect("committed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_a_commit_join_the_next_transaction_in_order() {
+    require_kafka();
+    let mut kafka = sluice::settings::KafkaSettings {
+        brokers: brokers(),
+        ..Default::default()
+    };
+    kafka.stream_topic_prefix = format!("sluice.test.{}.", unique("txn"));
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let journal = Journal::new(&kafka, metrics.clone()).unwrap();
+    let id = sluice::event::StreamId::parse("ordered").unwrap();
+    journal.ensure_stream_topic(&id).await.unwrap();
+    let topic = journal.topic_for(&id);
+
+    let txn = TxnProducer::open(&kafka, &unique("sluice.test.txn"), 0, metrics.clone())
+        .await
+        .expect("transactional producer");
+    let stop = CancellationToken::new();
+    let (events, mut failures) = tokio::sync::mpsc::unbounded_channel();
+    let committer = tokio::spawn(txn.clone().commit_until(stop.clone(), events));
+
+    let writers: Vec<_> = (0..4)
+        .map(|w| tokio::spawn(write_all(txn.clone(), topic.clone(), format!("w{w}"))))
+        .collect();
+    for w in writers {
+        w.await.expect("writer");
+    }
+    stop.cancel();
+    committer.await.unwrap();
+    assert!(failures.try_recv().is_err(), "no transaction failed");
+
+    // The writes overlapped commits: some waited for one, and there were many commits.
+    let text = metrics.render();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        value("sluice_transaction_parked_writes_total") > 0.0,
+        "no write arrived during a commit: {text}"
+    );
+    assert!(
+        value("sluice_transaction_commit_seconds_count") > 5.0,
+        "{text}"
+    );
+
+    // Committed exactly once each, in each writer's order, and nothing else.
+    let messages = read_partition_as(&topic, 0, "read_committed").await;
+    let mut next: HashMap<String, usize> = HashMap::new();
+    for m in &messages {
+        let text = std::str::from_utf8(m.payload().unwrap()).unwrap();
+        let (key, n) = text.split_once(':').unwrap();
+        let n: usize = n.parse().unwrap();
+        let expected = next.entry(key.to_owned()).or_default();
+        assert_eq!(n, *expected, "{key}: message {n} out of order or repeated");
+        *expected += 1;
+    }
+    assert_eq!(messages.len(), 4 * PER_WRITER, "every message, once");
+    assert!(next.values().all(|n| *n == PER_WRITER), "{next:?}");
+}
