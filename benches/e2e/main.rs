@@ -91,6 +91,8 @@ early_connect_wait = "30s"
 const RETAINED_SETTINGS: &str = r#"
 [provider]
 max_concurrent_streams = 10000
+[edge]
+early_connect_wait = "30s"
 [retention]
 stream_retention = "2s"
 sweep_interval = "1s"
