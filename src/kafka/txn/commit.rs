@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use super::{is_fenced, Event, TxnProducer, ABORTED_KEPT};
 use crate::kafka::producer::Error;
 
-/// How long the committer waits after the first write of a transaction before committing it: the
-/// batch window. Live subscribers see an event at most about this much later than without
-/// transactions.
+/// How long after its first write a transaction is committed: the batch window. Writes that
+/// arrived during the previous commit open the next transaction with their arrival time, so under
+/// load commits follow each other back to back. Live subscribers see an event at most about this
+/// much, plus a commit, later than without transactions.
 pub const COMMIT_LINGER: Duration = Duration::from_millis(5);
 
 /// How often the committer checks that a transaction's deliveries are all acknowledged.
@@ -40,7 +41,9 @@ impl TxnProducer {
                 _ = stop.cancelled() => break,
                 _ = self.wake.notified() => {}
             }
-            tokio::time::sleep(COMMIT_LINGER).await;
+            let first = *self.first_write.lock().unwrap_or_else(|p| p.into_inner());
+            let due = first.unwrap_or_else(Instant::now) + COMMIT_LINGER;
+            tokio::time::sleep_until(due.into()).await;
             if let Some(event) = self.commit().await {
                 let last =
                     matches!(event, Event::Fenced { .. }) || self.broken.load(Ordering::Acquire);
@@ -114,6 +117,7 @@ impl TxnProducer {
         let waiting = std::mem::take(&mut *parked);
         if !self.broken.load(Ordering::Acquire) {
             let generation = *open;
+            let first_parked = waiting.first().map(|w| w.arrived);
             let mut sent = 0;
             for w in waiting {
                 let headers: Vec<(&str, &str)> = w
@@ -145,6 +149,7 @@ impl TxnProducer {
                 }
             }
             if sent > 0 {
+                *self.first_write.lock().unwrap_or_else(|p| p.into_inner()) = first_parked;
                 self.metrics.transaction_parked(sent);
                 self.pending.fetch_add(sent, Ordering::AcqRel);
                 self.wake.notify_one();
@@ -156,7 +161,9 @@ impl TxnProducer {
     }
 
     fn commit_locked(&self, open: &mut u64) -> Option<Event> {
-        if self.pending.swap(0, Ordering::AcqRel) == 0 && !self.doomed.load(Ordering::Acquire) {
+        let pending = self.pending.swap(0, Ordering::AcqRel);
+        *self.first_write.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if pending == 0 && !self.doomed.load(Ordering::Acquire) {
             return None;
         }
         let generation = *open;

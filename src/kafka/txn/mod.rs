@@ -75,6 +75,7 @@ struct Parked {
     key: String,
     payload: Option<Vec<u8>>,
     headers: Vec<(String, String)>,
+    arrived: Instant,
     sent: oneshot::Sender<Result<(DeliveryFuture, u64), Error>>,
 }
 
@@ -95,6 +96,8 @@ pub struct TxnProducer {
     /// The open transaction's generation; the committer holds it exclusively while committing.
     open: RwLock<u64>,
     pending: AtomicU64,
+    /// When the open transaction's first write arrived (a parked write's arrival, if it was one).
+    first_write: Mutex<Option<Instant>>,
     /// Writes that arrived while a commit ran, sent into the next transaction as it begins.
     parked: Mutex<Vec<Parked>>,
     /// A write could not be sent into the open transaction: it must be aborted, not committed.
@@ -158,6 +161,7 @@ impl TxnProducer {
             producer,
             open: RwLock::new(0),
             pending: AtomicU64::new(0),
+            first_write: Mutex::new(None),
             parked: Mutex::new(Vec::new()),
             doomed: AtomicBool::new(false),
             wake: Notify::new(),
@@ -222,6 +226,7 @@ impl TxnProducer {
                             .iter()
                             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                             .collect(),
+                        arrived: started,
                         sent,
                     });
                     Entry::Parked(rx)
@@ -229,7 +234,12 @@ impl TxnProducer {
             }
         };
         if matches!(entry, Entry::Sent(..)) {
-            self.pending.fetch_add(1, Ordering::AcqRel);
+            if self.pending.fetch_add(1, Ordering::AcqRel) == 0 {
+                self.first_write
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(started);
+            }
             self.wake.notify_one();
         }
         let mut settled = self.settled.subscribe();
