@@ -496,3 +496,57 @@ async fn a_subscriber_on_a_non_owner_follows_the_stream_live() {
     assert_complete(&events, 40, "success");
     wait_until(|| async { metric(&b.metrics().await, "sluice_remote_tails") == 0.0 }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_from_before_the_changelog_are_seeded_into_it_once() {
+    let _serial = SERIAL.lock().await;
+    use rdkafka::Message;
+    // A store written before the changelog existed: a finished stream only it knows.
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(dir.path());
+    let legacy = unique("legacy-");
+    {
+        let store = sluice::store::Store::open(&settings.store.path).unwrap();
+        let request = sluice::event::Request::parse(
+            br#"{"type":"demo:stream_ticks:v1:requested","payload":{"count":1}}"#,
+            1024,
+        )
+        .unwrap();
+        let mut record = sluice::store::StreamRecord::new(&legacy, request);
+        record.state = sluice::store::StreamState::Success;
+        record.finished_at = Some(chrono::Utc::now());
+        store
+            .put(&record, sluice::store::Durability::Sync)
+            .await
+            .unwrap();
+    }
+    let changelog = settings.intake.changelog();
+    let app = start_exact(settings.clone(), dir, sluice::Registry::new()).await;
+    let copies = |messages: &[rdkafka::message::OwnedMessage]| {
+        messages
+            .iter()
+            .filter(|m| m.key() == Some(legacy.as_bytes()) && m.payload().is_some())
+            .count()
+    };
+    wait_until(|| async { copies(&read_partition_as(&changelog, 0, "read_committed").await) > 0 })
+        .await;
+    let dir = app.shutdown().await;
+
+    // Another instance, with an empty store, knows the stream from the changelog.
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut other = settings.clone();
+    other.store.path = other_dir.path().join("db");
+    let app = start_exact(other, other_dir, sluice::Registry::new()).await;
+    let status = app.status(&legacy).await;
+    assert_eq!(status["state"], "success", "{status}");
+    app.shutdown().await;
+
+    // Restarting the first instance does not seed the record again.
+    let app = start_exact(settings, dir, sluice::Registry::new()).await;
+    app.shutdown().await;
+    assert_eq!(
+        copies(&read_partition_as(&changelog, 0, "read_committed").await),
+        1,
+        "seeded exactly once"
+    );
+}

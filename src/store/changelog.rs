@@ -13,6 +13,13 @@ use super::{decode, index, key, unindex, Error, Store, GONE_PREFIX};
 
 const POSITION_PREFIX: &str = "changelog/";
 
+/// Partitions whose local records may be missing from the changelog: the store held records
+/// before it ever followed the changelog (it predates it). Each is seeded once, by its owner.
+const UNSEEDED_PREFIX: &str = "changelog-unseeded/";
+
+/// Changelog topics this store has been checked against for records to seed.
+const CHECKED_PREFIX: &str = "changelog-checked/";
+
 /// One record read from the changelog topic.
 #[derive(Debug)]
 pub struct Applied {
@@ -87,6 +94,54 @@ impl Store {
         wo.set_sync(false);
         db.write_opt(batch, &wo)?;
         Ok(applied)
+    }
+
+    /// On the first start with `topic`: if this store already holds stream records, they were
+    /// written before the changelog existed and only this store has them, so every partition of
+    /// `topic` is marked unseeded. Later starts leave the marks as they are. Blocking. Returns
+    /// whether any partition is still unseeded.
+    pub fn mark_unseeded(&self, topic: &str, partitions: i32) -> Result<bool, Error> {
+        let prefix = format!("{UNSEEDED_PREFIX}{topic}/");
+        let checked = format!("{CHECKED_PREFIX}{topic}");
+        let first = |db: &rocksdb::DB, p: &str| {
+            db.prefix_iterator(p.as_bytes())
+                .next()
+                .is_some_and(|i| i.is_ok_and(|(k, _)| k.starts_with(p.as_bytes())))
+        };
+        if self.db.get(&checked)?.is_some() {
+            return Ok(first(&self.db, &prefix));
+        }
+        let legacy =
+            first(&self.db, super::STREAM_PREFIX) && self.changelog_positions(topic)?.is_empty();
+        let mut batch = rocksdb::WriteBatch::default();
+        if legacy {
+            for p in 0..partitions {
+                batch.put(format!("{prefix}{p}"), b"");
+            }
+        }
+        batch.put(&checked, b"");
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        Ok(legacy)
+    }
+
+    /// Whether partition `p` of `topic` still has records to seed into the changelog.
+    pub async fn is_unseeded(&self, topic: &str, p: i32) -> Result<bool, Error> {
+        let k = format!("{UNSEEDED_PREFIX}{topic}/{p}");
+        self.blocking(move |db| Ok(db.get(k)?.is_some())).await
+    }
+
+    /// Records that partition `p` of `topic` was seeded into the changelog.
+    pub async fn mark_seeded(&self, topic: &str, p: i32) -> Result<(), Error> {
+        let k = format!("{UNSEEDED_PREFIX}{topic}/{p}");
+        self.blocking(move |db| {
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            db.delete_opt(k, &wo)?;
+            Ok(())
+        })
+        .await
     }
 
     /// The next offset to read in each partition of `topic`, as last applied (blocking).

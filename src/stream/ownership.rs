@@ -113,6 +113,7 @@ impl Ownership {
         }
         self.restore(&opened).await;
         let owned = self.parts.owned.insert(&opened);
+        self.seed(&opened).await;
         self.pool.open(&opened);
         self.metrics
             .partitions_assigned(&opened, owned, started.elapsed());
@@ -264,6 +265,27 @@ impl Ownership {
             tracing::warn!(partition, "last transaction not committed in time");
         }
         self.parts.txns.remove(partition, &w.producer);
+    }
+
+    /// Seeds records from before the changelog into it, for partitions that have any.
+    async fn seed(&self, partitions: &[i32]) {
+        for &p in partitions {
+            match self.pool.records().seed(p).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(
+                        partition = p,
+                        records = n,
+                        "local records seeded into the changelog"
+                    )
+                }
+                Err(e) => tracing::error!(
+                    partition = p,
+                    error = %e,
+                    "local records not seeded into the changelog; retried at the next assignment"
+                ),
+            }
+        }
     }
 
     /// Waits until the follower applied `partitions` of the changelog up to their high watermarks.

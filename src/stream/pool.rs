@@ -58,6 +58,11 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// The record writer its runs use.
+    pub fn records(&self) -> &crate::stream::records::Records {
+        &self.provider.records
+    }
+
     /// A pool running at most `provider.settings.max_concurrent_streams` streams.
     pub fn new(
         provider: Arc<Provider>,

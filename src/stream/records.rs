@@ -11,6 +11,9 @@ use std::sync::Arc;
 use crate::kafka::changelog::{self, Changelog};
 use crate::store::{self, Durability, Store, StreamRecord};
 
+/// Records of one partition written to the changelog at once while seeding it.
+const SEED_BATCH: usize = 256;
+
 /// Record write failures.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -72,6 +75,34 @@ impl Records {
         self.changelog.write(&stamped).await?;
         self.store.put(&stamped, durability).await?;
         Ok(())
+    }
+
+    /// Writes every local record of `partition` to the changelog, once, if the store holds records
+    /// from before it followed the changelog (see `Store::mark_unseeded`). Run by the partition's
+    /// new owner after its restore, so a local record is at least as new as the changelog's.
+    /// Returns how many records were written.
+    pub async fn seed(&self, partition: i32) -> Result<usize, Error> {
+        let topic = self.changelog.topic();
+        if !self.store.is_unseeded(topic, partition).await? {
+            return Ok(0);
+        }
+        let n = self.changelog.partitions();
+        let records: Vec<StreamRecord> = self
+            .store
+            .scan()
+            .await?
+            .into_iter()
+            .filter_map(|(_, r)| r.ok())
+            .filter(|r| r.partition_in(n) == partition)
+            .collect();
+        for batch in records.chunks(SEED_BATCH) {
+            let writes = batch.iter().map(|r| self.changelog.write(r));
+            for w in futures::future::join_all(writes).await {
+                w?;
+            }
+        }
+        self.store.mark_seeded(topic, partition).await?;
+        Ok(records.len())
     }
 
     /// Replaces deleted streams' records with "gone" markers, here and (as tombstones) in the

@@ -114,6 +114,14 @@ impl Follower {
             tracing::error!(error = %e, "changelog positions unreadable; following from the start");
             HashMap::new()
         });
+        match store.mark_unseeded(&topic, changelog.partitions()) {
+            Ok(true) => tracing::info!(
+                topic,
+                "the local store has records from before the changelog; each partition's owner seeds them into it"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "could not check the store for records to seed"),
+        }
         let mut tpl = TopicPartitionList::new();
         let mut start = HashMap::new();
         for p in 0..changelog.partitions() {
