@@ -84,6 +84,11 @@ async fn the_eight_predefined_types_stream_their_own_records_and_end_on_the_head
             payload[field].as_str().unwrap().to_owned()
         });
         let src = Source::new(&k.topic);
+        // Kafka orders records within a partition only. A keyless source reads every partition,
+        // so its records, and the end record after them, share one key, hence one partition;
+        // otherwise the end record could be read before an earlier record of another partition.
+        let keyless = k.key.is_none();
+        let own = own.or(keyless.then(|| "someone-else".to_owned()));
         let mut want = Vec::new();
         for i in 0..4 {
             src.send(
@@ -97,7 +102,7 @@ async fn the_eight_predefined_types_stream_their_own_records_and_end_on_the_head
                 .await;
             want.push(v);
         }
-        if own.is_some() {
+        if !keyless {
             // Another key's end record ends nothing.
             src.send(Some("someone-else"), b"{}", true).await;
         }
@@ -111,7 +116,7 @@ async fn the_eight_predefined_types_stream_their_own_records_and_end_on_the_head
         ]);
         let events = app.sse(&id, None).await.collect().await;
         let got = chunks(&events);
-        if own.is_some() {
+        if !keyless {
             assert_eq!(got, want, "{kind}: exactly its own records, in order");
         } else {
             // No key: every record of the topic, including other keys', until the end record.
