@@ -12,7 +12,7 @@ use common::*;
 use serde_json::json;
 
 fn kafka_script(cmd: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+    let script = repo_path("scripts/kafka.sh");
     let status = Command::new("bash")
         .arg(script)
         .arg(cmd)

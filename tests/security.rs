@@ -533,7 +533,8 @@ async fn owners_come_from_kafka_metadata_or_the_token_never_from_the_body() {
 async fn a_jwks_file_is_reloaded_when_it_changes() {
     let dir = tempfile::tempdir().unwrap();
     let jwks = dir.path().join("jwks.json");
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt");
+    let fixtures = repo_path("tests/fixtures/jwt");
+    let fixtures = fixtures.display();
     let full: Value =
         serde_json::from_slice(&std::fs::read(format!("{fixtures}/jwks.json")).unwrap()).unwrap();
     let rsa_only = json!({"keys": [full["keys"][0].clone()]});

@@ -52,11 +52,7 @@ fn chunks(events: &[SseEvent]) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_eight_predefined_types_stream_their_own_records_and_end_on_the_header() {
     // The shipped configuration, with each source topic renamed so runs do not share data.
-    let shipped = Settings::load(Some(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/settings.toml"
-    ))))
-    .unwrap();
+    let shipped = Settings::load(Some(&repo_path("settings.toml"))).unwrap();
     assert_eq!(shipped.handlers.sources.len(), 8);
     let tag = unique("src");
     let mut sources = shipped.handlers.sources.clone();

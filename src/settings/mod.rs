@@ -461,8 +461,9 @@ mod tests {
 
     #[test]
     fn the_shipped_file_loads_with_the_security_defaults() {
-        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/settings.toml"));
-        let s = Settings::load(Some(path)).unwrap();
+        let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+        let path = Path::new(&dir).join("settings.toml");
+        let s = Settings::load(Some(&path)).unwrap();
         let (d, f) = (Settings::default(), &s);
         assert_eq!(
             serde_json::to_value(&f.limits).unwrap(),

@@ -110,6 +110,13 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// A path in the repository, found where the test runs, not where it was built: a build reused
+/// from another checkout (one target directory, several clones) would point into that checkout.
+pub fn repo_path(rel: &str) -> std::path::PathBuf {
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+    std::path::Path::new(&dir).join(rel)
+}
+
 /// Settings for a test: port 0, unique topics and group, a fresh store directory.
 pub fn test_settings(dir: &std::path::Path) -> Settings {
     let mut s = Settings::default();

@@ -3,10 +3,12 @@ use serde_json::{json, Value};
 
 use super::*;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/jwt");
-
+/// The JWT fixtures. The crate's directory is read when the test runs, not when it was built: a
+/// build reused from a checkout elsewhere (one target directory, several clones) would otherwise
+/// look in that checkout.
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{FIXTURES}/{name}")).unwrap()
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+    std::fs::read(format!("{dir}/../../tests/fixtures/jwt/{name}")).unwrap()
 }
 
 fn now() -> i64 {
