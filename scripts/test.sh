@@ -2,9 +2,10 @@
 # The one test command: installs prerequisites, starts a local Kafka broker (or uses a reachable
 # one), runs every unit and integration test against it (gRPC through tonic and grpcurl included),
 # then the TypeScript client's tests and the browser tests (Debian's Chromium driven by
-# playwright-core) against a live Sluice, the benchmark harness in its seconds-long smoke mode,
-# a fuzz smoke run of every sluice-wire decoder (scripts/fuzz.sh), the live dashboard check
-# (Prometheus + promtool) and the offline docker/dashboard checks.
+# playwright-core) against a live Sluice, the official Durable Streams conformance suite (npm,
+# pinned in tests/conformance) against a live Sluice, the benchmark harness in its seconds-long
+# smoke mode, a fuzz smoke run of every sluice-wire decoder (scripts/fuzz.sh), the live dashboard
+# check (Prometheus + promtool) and the offline docker/dashboard checks.
 #   scripts/test.sh                  # everything
 #   scripts/test.sh --test pipeline  # only `cargo test` with these arguments
 set -euo pipefail
@@ -30,6 +31,10 @@ echo "== browser tests (Chromium + playwright-core) against a live Sluice"
 CORS_PAGE_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 CORS_PAGE_PORT=$CORS_PAGE_PORT SLUICE__EDGE__CORS_ALLOWED_ORIGINS="http://127.0.0.1:$CORS_PAGE_PORT" \
   scripts/with-sluice.sh npm --prefix tests/browser test
+echo "== Durable Streams conformance suite (@durable-streams/server-conformance-tests) against a live Sluice"
+(cd tests/conformance && npm ci --no-audit --no-fund)
+SLUICE_WITH_OPEN=1 SLUICE_WITH_EXTRA=$'[durable]\nlong_poll_timeout = "500ms"' \
+  scripts/with-sluice.sh npm --prefix tests/conformance test
 echo "== benchmark harness smoke runs (no speed assertions)"
 cargo test --locked --bench e2e -- --quick
 cargo test --locked --bench sources -- --quick

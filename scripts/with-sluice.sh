@@ -6,7 +6,8 @@
 #   scripts/with-sluice.sh npm --prefix clients/typescript test
 #
 # Environment: SLUICE_BIN (default: the debug build), SLUICE_TEST_BROKERS, SLUICE_WITH_LOG (a file
-# that keeps Sluice's log), SLUICE_WITH_EXTRA (TOML appended to the settings).
+# that keeps Sluice's log), SLUICE_WITH_EXTRA (TOML appended to the settings), SLUICE_WITH_OPEN=1
+# (no API token: every request is allowed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice/target}"
@@ -35,7 +36,7 @@ topic_partitions = 1
 [provider]
 heartbeat_interval = "200ms"
 [edge]
-api_tokens = ["$TOKEN"]
+$([[ "${SLUICE_WITH_OPEN:-0}" == 1 ]] || echo "api_tokens = [\"$TOKEN\"]")
 sse_retry = "250ms"
 [store]
 path = "$DIR/db"

@@ -213,7 +213,19 @@ impl App {
             rate: edge::limits::RequestRate::new(&settings.limits),
             subscribers: edge::limits::Slots::new(settings.limits.max_subscribers_per_stream),
             pending: edge::access::PendingOwners::default(),
+            durable: settings.durable.enabled.then(|| {
+                edge::durable::Durable::new(
+                    edge::durable::log::Log::new(journal.clone(), &settings.kafka),
+                    store.clone(),
+                    &settings.durable,
+                    edge_stop.clone(),
+                )
+            }),
         });
+        if let Some(d) = &edge.durable {
+            let n = d.restore().await;
+            tracing::info!(streams = n, "durable streams restored");
+        }
         let listener = TcpListener::bind(settings.http.listen)
             .await
             .with_context(|| format!("bind http.listen {}", settings.http.listen))?;
@@ -305,6 +317,9 @@ impl App {
                 .watch(self.edge.metrics.clone(), edge_stop.clone()),
         );
         tasks.spawn(sweep_request_rates(self.edge.clone(), edge_stop.clone()));
+        if let Some(d) = &self.edge.durable {
+            tasks.spawn(d.clone().run_sweeper(edge_stop.clone()));
+        }
         let grpc = tasks.spawn(self.grpc.serve(edge_stop.clone()));
         tasks.close();
 
@@ -321,6 +336,9 @@ impl App {
                 Ok(Ok(())) => {}
             }
             self.subscriptions.wait().await;
+            if let Some(d) = &self.edge.durable {
+                d.wait().await;
+            }
             let _ = remote.await;
         })
         .await;

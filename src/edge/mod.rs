@@ -10,6 +10,7 @@ pub mod access;
 mod api;
 pub mod auth;
 mod console;
+pub mod durable;
 mod error;
 pub mod grpc;
 pub mod limits;
@@ -78,6 +79,8 @@ pub struct EdgeState {
     pub subscribers: limits::Slots<String>,
     /// Owners of streams requested here and not yet recorded.
     pub pending: access::PendingOwners,
+    /// The Durable Streams server, unless `durable.enabled` is false.
+    pub durable: Option<Arc<durable::Durable>>,
 }
 
 /// The event name of the history-lost notice (SSE `event:`, gRPC and WebSocket `type`).
@@ -116,7 +119,15 @@ pub fn router(state: Shared) -> Router {
         Some(layer) => router.layer(layer),
         None => router,
     };
-    router.with_state(state)
+    // Outside the request timeout (a long-poll answers when its own timeout says) and CORS
+    // (Durable Streams responses carry their own CORS headers); behind authentication.
+    let durable = state.durable.clone();
+    let auth = middleware::from_fn_with_state(state.clone(), authenticate);
+    let router = router.with_state(state);
+    match durable {
+        Some(d) => router.merge(durable::routes(d).route_layer(auth)),
+        None => router,
+    }
 }
 
 /// CORS for browser pages on other origins (`edge.cors_allowed_origins`), so the TypeScript

@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod durable;
 mod handlers;
 mod security;
 mod validate;
 
+pub use durable::DurableSettings;
 pub use handlers::{
     DemoSettings, HandlersSettings, HttpFormat, HttpSourceSettings, KafkaSourceSettings,
     SourceSettings, StartAt,
@@ -75,6 +77,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Connection, subscriber, rate and time limits.
     pub limits: LimitsSettings,
+    /// The Durable Streams protocol server.
+    pub durable: DurableSettings,
 }
 
 /// `[retention]`

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{Error, Settings};
 
 /// librdkafka's default `message.max.bytes`: a chunk's envelope must fit in one message.
-const KAFKA_MESSAGE_LIMIT: usize = 1_000_000;
+pub(super) const KAFKA_MESSAGE_LIMIT: usize = 1_000_000;
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> Error {
     Error::Invalid {
@@ -121,6 +121,7 @@ impl Settings {
                 "cannot be true while edge.cors_allowed_origins contains \"*\"",
             ));
         }
+        self.durable.validate()?;
         if k.brokers.trim().is_empty() {
             return Err(invalid("kafka.brokers", "must name at least one broker"));
         }

@@ -18,6 +18,7 @@ use serde_json::Value;
 use crate::event::Request;
 
 mod changelog;
+mod durable;
 mod index;
 
 pub use changelog::Applied;

@@ -1,0 +1,93 @@
+//! `[durable]`: the Durable Streams protocol server.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// `[durable]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DurableSettings {
+    /// Serve the protocol at all.
+    pub enabled: bool,
+    /// Where it is served: streams are `{base_path}/v1/stream/{name}`.
+    pub base_path: String,
+    /// How long a long-poll waits at the tail before answering 204.
+    #[serde(with = "humantime_serde")]
+    pub long_poll_timeout: Duration,
+    /// How long an SSE response runs before the server ends it (clients reconnect).
+    #[serde(with = "humantime_serde")]
+    pub sse_max_duration: Duration,
+    /// Largest append (or initial body), bytes: each is one Kafka message, so below Kafka's
+    /// message size limit (about 1 MB by default). Larger bodies get 413.
+    pub max_append_bytes: usize,
+    /// Most bytes of its own one stream may hold; appends past it get 413.
+    pub max_stream_bytes: usize,
+    /// Most streams held at once; creations past it get 503.
+    pub max_streams: usize,
+    /// Most bytes all streams hold in memory together; appends past it get 507.
+    pub max_total_bytes: usize,
+}
+
+impl Default for DurableSettings {
+    fn default() -> Self {
+        DurableSettings {
+            enabled: true,
+            base_path: "/ds".into(),
+            long_poll_timeout: Duration::from_secs(20),
+            sse_max_duration: Duration::from_secs(60),
+            max_append_bytes: 960 * 1024,
+            max_stream_bytes: 64 * 1024 * 1024,
+            max_streams: 10_000,
+            max_total_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+impl DurableSettings {
+    /// Checks the values, naming the key of the first bad one.
+    pub(super) fn validate(&self) -> Result<(), super::Error> {
+        let invalid = |key: &'static str, reason: &str| super::Error::Invalid {
+            key,
+            reason: reason.to_owned(),
+        };
+        let base = &self.base_path;
+        let base_ok = base.is_empty()
+            || (base.starts_with('/')
+                && !base.ends_with('/')
+                && base
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.')));
+        if !base_ok {
+            return Err(invalid(
+                "durable.base_path",
+                "must be empty or a path such as \"/ds\" (no trailing slash)",
+            ));
+        }
+        if self.max_append_bytes > super::validate::KAFKA_MESSAGE_LIMIT - 16 * 1024 {
+            return Err(invalid(
+                "durable.max_append_bytes",
+                "must leave room for a Kafka message's overhead below 1,000,000 bytes",
+            ));
+        }
+        for (key, d) in [
+            ("durable.long_poll_timeout", self.long_poll_timeout),
+            ("durable.sse_max_duration", self.sse_max_duration),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+        }
+        for (key, n) in [
+            ("durable.max_append_bytes", self.max_append_bytes),
+            ("durable.max_stream_bytes", self.max_stream_bytes),
+            ("durable.max_streams", self.max_streams),
+            ("durable.max_total_bytes", self.max_total_bytes),
+        ] {
+            if n == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
