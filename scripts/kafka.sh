@@ -5,6 +5,7 @@
 #   scripts/kafka.sh stop     # stop the broker this script started
 #   scripts/kafka.sh status   # exit 0 when the broker answers
 #   scripts/kafka.sh reset    # stop and wipe the broker's data (jars stay cached)
+#   scripts/kafka.sh delete-prefix P  # delete every topic whose name starts with P
 #
 # Environment:
 #   SLUICE_KAFKA_BROKERS   bootstrap address to use or start (default 127.0.0.1:9092)
@@ -181,10 +182,22 @@ stop() {
   rm -f "$PID"
 }
 
+# Deletes the topics named P*, with Kafka's own topic tool (regex match, dots escaped).
+delete_prefix() {
+  local prefix="${1:-}"
+  [[ -n "$prefix" ]] || { say "delete-prefix needs a prefix"; exit 2; }
+  fetch_jars
+  local pattern
+  pattern="$(printf '%s' "$prefix" | sed 's/[.]/\\./g').*"
+  java -cp "$JARS/*" org.apache.kafka.tools.TopicCommand --bootstrap-server "$HOST:$PORT" \
+    --delete --if-exists --topic "$pattern" >/dev/null
+}
+
 case "${1:-start}" in
   start) start ;;
   stop) stop ;;
   status) if reachable; then say "reachable at $HOST:$PORT"; else say "not reachable at $HOST:$PORT"; exit 1; fi ;;
   reset) stop; rm -rf "$RUN" ;;
-  *) echo "usage: $0 start|stop|status|reset" >&2; exit 2 ;;
+  delete-prefix) delete_prefix "${2:-}" ;;
+  *) echo "usage: $0 start|stop|status|reset|delete-prefix P" >&2; exit 2 ;;
 esac

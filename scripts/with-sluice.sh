@@ -50,7 +50,11 @@ TOML
 
 "$BIN" --config "$DIR/settings.toml" >"$LOG" 2>&1 &
 PID=$!
-cleanup() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$DIR"; }
+# The run's topics go too (a conformance run creates hundreds); best effort.
+cleanup() {
+  kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$DIR"
+  SLUICE_KAFKA_BROKERS="$BROKERS" scripts/kafka.sh delete-prefix "sluice.with.$TAG." 2>/dev/null || true
+}
 trap cleanup EXIT
 
 ADDR=""

@@ -91,12 +91,20 @@ pub type Shared = Arc<EdgeState>;
 
 /// The full router.
 pub fn router(state: Shared) -> Router {
-    let api = Router::new()
+    let mut api = Router::new()
         .route("/v1/streams", get(api::list).post(api::create))
         .route("/v1/streams/{id}", get(api::status).delete(api::cancel))
         .route("/v1/streams/{id}/events", get(sse::events))
-        .route("/ws", get(ws::upgrade))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .route("/ws", get(ws::upgrade));
+    if let Some(d) = &state.durable {
+        // Sluice's own streams through the Durable Streams read API.
+        let base = d.settings.base_path.trim_end_matches('/');
+        api = api.route(
+            &format!("{base}/v1/sluice/{{id}}"),
+            get(durable::bridge::get),
+        );
+    }
+    let api = api.route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let operator = Router::new()
         .route("/metrics", get(metrics))
         .route("/readyz", get(ready))

@@ -38,3 +38,13 @@ console.log(`conformance: ${passed.length} passed, ${failed.size} failed, ${resu
 for (const n of unexpected) console.log(`  UNEXPECTED FAILURE: ${n}`)
 for (const n of fixed) console.log(`  NOW PASSING (remove from expected-failures.txt): ${n}`)
 if (results.length === 0 || unexpected.length || fixed.length) process.exit(1)
+
+// The bridge: a Sluice stream followed with the official client.
+const bridge = spawnSync("node", ["--test", "--test-reporter=spec", "bridge.test.mjs"], {
+  stdio: "inherit",
+  timeout: 5 * 60 * 1000,
+})
+if (bridge.status !== 0) {
+  console.error(`run.mjs: the bridge test failed (status ${bridge.status})`)
+  process.exit(1)
+}

@@ -6,12 +6,14 @@
 //! * `registry` (this file): the streams by path, lookup with lazy expiry, deletion with forks.
 //! * `create`: PUT, including forks; `append`: POST; `read`: GET (catch-up and long-poll), HEAD
 //!   and DELETE; `sse`: GET with `live=sse`; `reply`: the headers every response carries.
+//! * `bridge`: Sluice's own streams, read through the same API at `{base}/v1/sluice/{id}`.
 //! * `offset`, `state` and `log`: offsets, one stream's state, and its Kafka topic; `restore`:
 //!   its metadata in the store, and rebuilding every stream at start-up.
 //!
 //! This module does not run handlers or touch Sluice's own streams.
 
 mod append;
+pub(crate) mod bridge;
 mod create;
 pub mod log;
 pub mod offset;
@@ -55,7 +57,7 @@ pub struct Durable {
     creating: tokio::sync::Mutex<()>,
     log: Log,
     store: crate::store::Store,
-    settings: DurableSettings,
+    pub(crate) settings: DurableSettings,
     /// Bytes all streams hold, against `durable.max_total_bytes`.
     held: std::sync::atomic::AtomicUsize,
     /// SSE responses' feeders.

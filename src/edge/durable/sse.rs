@@ -20,7 +20,7 @@ use super::state::{self, DsStream};
 use super::{now_ms, read, Durable};
 
 /// A `data` event carrying `payload`, one `data:` line per line of it.
-fn data_event(payload: &str, out: &mut String) {
+pub(super) fn data_event(payload: &str, out: &mut String) {
     out.push_str("event: data\n");
     for line in payload.split("\r\n").flat_map(|l| l.split(['\r', '\n'])) {
         out.push_str("data:");
@@ -31,7 +31,7 @@ fn data_event(payload: &str, out: &mut String) {
 }
 
 /// A `control` event.
-fn control_event(next: Offset, cursor: Option<u64>, closed: bool, out: &mut String) {
+pub(super) fn control_event(next: Offset, cursor: Option<u64>, closed: bool, out: &mut String) {
     let body = if closed {
         format!(r#"{{"streamNextOffset":"{next}","upToDate":true,"streamClosed":true}}"#)
     } else {
