@@ -32,9 +32,13 @@ java_major() {
   java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1
 }
 java_ok() { local v; v=$(java_major) && [[ -n "$v" ]] && ((v >= 17)); }
+# Node 20.19+ or 22.12+: what the Durable Streams conformance suite's vite requires.
 node_ok() {
-  local v; v=$(node --version 2>/dev/null | sed -n 's/^v\([0-9]*\).*/\1/p')
-  [[ -n "$v" ]] && ((v >= 20))
+  local v major minor
+  v=$(node --version 2>/dev/null | sed -n 's/^v\([0-9]*\.[0-9]*\).*/\1/p')
+  [[ -n "$v" ]] || return 1
+  major=${v%.*}; minor=${v#*.}
+  ((major == 20 && minor >= 19)) || ((major == 22 && minor >= 12)) || ((major >= 23))
 }
 # The browser tests drive Debian's Chromium; a test tool's own browser download is never used.
 chromium_ok() { [[ -x /usr/bin/chromium ]] && /usr/bin/chromium --headless=new --no-sandbox --version >/dev/null 2>&1; }
@@ -59,7 +63,7 @@ CHECKS=(
   "Maven (fetches Kafka's jars)|command -v mvn|maven"
   "prometheus (dashboard check)|command -v prometheus|prometheus"
   "promtool (dashboard check)|command -v promtool|prometheus"
-  "Node.js 20+ (TypeScript client and browser tests)|node_ok|nodejs"
+  "Node.js 20.19+ or 22.12+ (TypeScript client, browser tests, Durable Streams conformance)|node_ok|nodejs"
   "npm (TypeScript client and browser tests)|command -v npm|npm"
   "Chromium (browser tests)|chromium_ok|chromium"
   "Go (builds grpcurl)|command -v go|golang-go"
