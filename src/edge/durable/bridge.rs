@@ -75,12 +75,15 @@ async fn read(state: &Shared, id: &StreamId, from: Offset) -> Result<Batch, ApiE
             break;
         }
     }
+    // Ended: its terminal event was read, or it does not run here and its record says it ended.
+    let running = state.hub.get(id.as_str()).is_some();
     let finished = terminal
-        || match state.subs.store.get(id.as_str()).await {
-            Ok(Some(r)) => r.state.is_terminal() && state.hub.get(id.as_str()).is_none(),
-            Ok(None) => true,
-            Err(_) => false,
-        };
+        || (!running
+            && match state.subs.store.get(id.as_str()).await {
+                Ok(Some(r)) => r.state.is_terminal(),
+                Ok(None) => true,
+                Err(_) => false,
+            });
     let tail = if finished {
         high.max(next)
     } else {
@@ -91,6 +94,12 @@ async fn read(state: &Shared, id: &StreamId, from: Offset) -> Result<Batch, ApiE
         next: at(tail.max(next)),
         closed: finished,
     })
+}
+
+/// Whether the stream is known: running here, or recorded.
+async fn registered(state: &Shared, id: &StreamId) -> bool {
+    state.hub.get(id.as_str()).is_some()
+        || matches!(state.subs.store.get(id.as_str()).await, Ok(Some(_)))
 }
 
 /// Where the stream's topic ends now.
@@ -169,17 +178,13 @@ pub async fn get(
         code: "bad_offset",
         message,
     })?;
-    if state
-        .subs
-        .store
-        .get(id.as_str())
-        .await
-        .ok()
-        .flatten()
-        .is_none()
-        && state.hub.get(id.as_str()).is_none()
-    {
-        return Err(ApiError::NotFound(format!("stream {id} not found")));
+    // A stream requested a moment ago may not be registered yet: wait for it as SSE does.
+    if !registered(&state, &id).await {
+        let deadline = tokio::time::Instant::now() + state.edge.early_connect_wait;
+        state.hub.wait_for(id.as_str(), deadline).await;
+        if !registered(&state, &id).await {
+            return Err(ApiError::NotFound(format!("stream {id} not found")));
+        }
     }
     let timeout = state
         .durable
