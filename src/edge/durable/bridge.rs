@@ -84,14 +84,11 @@ async fn read(state: &Shared, id: &StreamId, from: Offset) -> Result<Batch, ApiE
                 Ok(None) => true,
                 Err(_) => false,
             });
-    let tail = if finished {
-        high.max(next)
-    } else {
-        next.max(from.pos as i64)
-    };
+    // `next` starts at `from` and only grows; an ended stream's tail is past its last marker.
+    let tail = if finished { high.max(next) } else { next };
     Ok(Batch {
         items,
-        next: at(tail.max(next)),
+        next: at(tail),
         closed: finished,
     })
 }

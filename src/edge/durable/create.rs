@@ -208,25 +208,26 @@ async fn inherit(d: &Durable, c: &Create) -> Result<Option<Inherited>, Response>
     } else {
         (c.ttl, c.expires_at)
     };
+    let entries = st.entries[..upto].to_vec();
+    let seg = st.meta.seg + 1;
+    let content_type = c
+        .content_type
+        .clone()
+        .unwrap_or_else(|| st.meta.content_type.clone());
+    drop(st);
     Ok(Some(Inherited {
-        entries: st.entries[..upto].to_vec(),
+        source,
+        entries,
         prefix,
         fork: ForkOf {
             source: src_path.clone(),
             offset: at,
             sub_offset: *sub,
         },
-        seg: st.meta.seg + 1,
-        content_type: c
-            .content_type
-            .clone()
-            .unwrap_or_else(|| st.meta.content_type.clone()),
+        seg,
+        content_type,
         ttl,
         expires_at,
-        source: {
-            drop(st);
-            source
-        },
     }))
 }
 
