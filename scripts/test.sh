@@ -33,7 +33,7 @@ CORS_PAGE_PORT=$CORS_PAGE_PORT SLUICE__EDGE__CORS_ALLOWED_ORIGINS="http://127.0.
   scripts/with-sluice.sh npm --prefix tests/browser test
 echo "== Durable Streams conformance suite (@durable-streams/server-conformance-tests) against a live Sluice"
 (cd tests/conformance && npm ci --no-audit --no-fund)
-SLUICE_WITH_OPEN=1 SLUICE_WITH_EXTRA=$'[durable]\nlong_poll_timeout = "500ms"' \
+SLUICE_WITH_OPEN=1 SLUICE_WITH_EXTRA=$'[durable]\nlong_poll_timeout = "500ms"\nwebhook_allow_localhost = true' \
   scripts/with-sluice.sh npm --prefix tests/conformance test
 echo "== benchmark harness smoke runs (no speed assertions)"
 cargo test --locked --bench e2e -- --quick

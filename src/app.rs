@@ -197,7 +197,7 @@ impl App {
             store: store.clone(),
             hub,
             registry,
-            metrics,
+            metrics: metrics.clone(),
             intake: settings.intake.clone(),
             edge: settings.edge.clone(),
             grpc: settings.grpc.clone(),
@@ -213,18 +213,33 @@ impl App {
             rate: edge::limits::RequestRate::new(&settings.limits),
             subscribers: edge::limits::Slots::new(settings.limits.max_subscribers_per_stream),
             pending: edge::access::PendingOwners::default(),
-            durable: settings.durable.enabled.then(|| {
-                edge::durable::Durable::new(
-                    edge::durable::log::Log::new(journal.clone(), &settings.kafka),
-                    store.clone(),
-                    &settings.durable,
-                    edge_stop.clone(),
-                )
-            }),
+            durable: match settings.durable.enabled {
+                true => Some(
+                    edge::durable::Durable::new(
+                        edge::durable::log::Log::new(journal.clone(), &settings.kafka),
+                        store.clone(),
+                        &settings.durable,
+                        metrics.clone(),
+                        edge_stop.clone(),
+                    )
+                    .map_err(anyhow::Error::msg)
+                    .context("durable streams")?,
+                ),
+                false => None,
+            },
         });
         if let Some(d) = &edge.durable {
             let n = d.restore().await;
-            tracing::info!(streams = n, "durable streams restored");
+            let subs = d
+                .restore_subs()
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("durable stream subscriptions")?;
+            tracing::info!(
+                streams = n,
+                subscriptions = subs,
+                "durable streams restored"
+            );
         }
         let listener = TcpListener::bind(settings.http.listen)
             .await
@@ -319,6 +334,7 @@ impl App {
         tasks.spawn(sweep_request_rates(self.edge.clone(), edge_stop.clone()));
         if let Some(d) = &self.edge.durable {
             tasks.spawn(d.clone().run_sweeper(edge_stop.clone()));
+            tasks.spawn(d.clone().run_subscriptions(edge_stop.clone()));
         }
         let grpc = tasks.spawn(self.grpc.serve(edge_stop.clone()));
         tasks.close();

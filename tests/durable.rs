@@ -182,7 +182,7 @@ async fn streams_and_their_producers_survive_a_restart() {
         let store = sluice::store::Store::open(&settings.store.path).unwrap();
         let path = format!("/v1/stream/{name}");
         let (_, doc) = store
-            .durable_all()
+            .durable_all(sluice::store::DurableDoc::Stream)
             .await
             .unwrap()
             .into_iter()
@@ -192,7 +192,12 @@ async fn streams_and_their_producers_survive_a_restart() {
         assert_eq!(doc["meta"]["producers"]["p1"]["seq"], 1);
         doc["meta"]["producers"] = serde_json::json!({});
         store
-            .durable_put(&path, serde_json::to_vec(&doc).unwrap(), true)
+            .durable_put(
+                sluice::store::DurableDoc::Stream,
+                &path,
+                serde_json::to_vec(&doc).unwrap(),
+                true,
+            )
             .await
             .unwrap();
     }

@@ -133,7 +133,9 @@ pub fn router(state: Shared) -> Router {
     let auth = middleware::from_fn_with_state(state.clone(), authenticate);
     let router = router.with_state(state);
     match durable {
-        Some(d) => router.merge(durable::routes(d).route_layer(auth)),
+        Some(d) => router
+            .merge(durable::routes(d.clone()).route_layer(auth))
+            .merge(durable::token_routes(d)),
         None => router,
     }
 }

@@ -79,10 +79,19 @@ pub mod names {
     pub const TYPE_SUBSCRIBERS: &str = "sluice_type_subscribers";
     /// Event-type subscriptions ended for lagging.
     pub const TYPE_SUBSCRIBERS_LAGGED: &str = "sluice_type_subscribers_lagged_total";
+    /// Durable Streams held.
+    pub const DURABLE_STREAMS: &str = "sluice_durable_streams";
+    /// Durable Streams subscription wakes, by kind.
+    pub const DURABLE_WAKES: &str = "sluice_durable_wakes_total";
+    /// Durable Streams webhook deliveries, by result.
+    pub const DURABLE_WEBHOOKS: &str = "sluice_durable_webhooks_total";
+    /// Durable Streams subscription requests refused, by code.
+    pub const DURABLE_SUBSCRIPTION_REFUSED: &str = "sluice_durable_subscription_refused_total";
 }
 
 mod clients;
 mod cluster;
+mod durable;
 mod security;
 mod sources;
 
@@ -126,6 +135,7 @@ pub struct Metrics {
     clients: clients::ClientMetrics,
     security: security::SecurityMetrics,
     cluster: cluster::ClusterMetrics,
+    durable: durable::DurableMetrics,
     /// `service:action` pairs that may appear as label values; everything else is `other`.
     kinds: HashMap<String, HashSet<String>>,
 }
@@ -249,6 +259,7 @@ impl Metrics {
             clients: clients::ClientMetrics::new(&registry)?,
             security: security::SecurityMetrics::new(&registry)?,
             cluster: cluster::ClusterMetrics::new(&registry)?,
+            durable: durable::DurableMetrics::new(&registry)?,
             registry: registry.clone(),
             kinds: HashMap::new(),
         };

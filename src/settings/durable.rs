@@ -27,6 +27,20 @@ pub struct DurableSettings {
     pub max_streams: usize,
     /// Most bytes all streams hold in memory together; appends past it get 507.
     pub max_total_bytes: usize,
+    /// The URL clients reach this server's base path at (`https://streams.example.com/ds`), for
+    /// the callback and key URLs subscriptions hand out. Empty: `http://` + the request's `Host`
+    /// + `base_path`.
+    pub public_url: String,
+    /// Most subscriptions at once; creations past it get 503.
+    pub max_subscriptions: usize,
+    /// Most explicit streams one subscription names.
+    pub max_subscription_streams: usize,
+    /// Accept `http://localhost` and `http://127.0.0.x` webhooks (development only: otherwise
+    /// webhooks must be `https://` to a public address).
+    pub webhook_allow_localhost: bool,
+    /// How long one webhook delivery may take before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
 }
 
 impl Default for DurableSettings {
@@ -40,6 +54,11 @@ impl Default for DurableSettings {
             max_stream_bytes: 64 * 1024 * 1024,
             max_streams: 10_000,
             max_total_bytes: 1024 * 1024 * 1024,
+            public_url: String::new(),
+            max_subscriptions: 1_000,
+            max_subscription_streams: 1_000,
+            webhook_allow_localhost: false,
+            webhook_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -73,6 +92,7 @@ impl DurableSettings {
         for (key, d) in [
             ("durable.long_poll_timeout", self.long_poll_timeout),
             ("durable.sse_max_duration", self.sse_max_duration),
+            ("durable.webhook_timeout", self.webhook_timeout),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "must be greater than zero"));
@@ -83,10 +103,26 @@ impl DurableSettings {
             ("durable.max_stream_bytes", self.max_stream_bytes),
             ("durable.max_streams", self.max_streams),
             ("durable.max_total_bytes", self.max_total_bytes),
+            ("durable.max_subscriptions", self.max_subscriptions),
+            (
+                "durable.max_subscription_streams",
+                self.max_subscription_streams,
+            ),
         ] {
             if n == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
+        }
+        let url_ok = self.public_url.is_empty()
+            || ((self.public_url.starts_with("https://")
+                || self.public_url.starts_with("http://"))
+                && !self.public_url.ends_with('/')
+                && reqwest::Url::parse(&self.public_url).is_ok());
+        if !url_ok {
+            return Err(invalid(
+                "durable.public_url",
+                "must be empty or an http(s) URL with no trailing slash",
+            ));
         }
         Ok(())
     }

@@ -19,6 +19,7 @@ use crate::event::Request;
 
 mod changelog;
 mod durable;
+pub use durable::DurableDoc;
 mod index;
 
 pub use changelog::Applied;

@@ -9,4 +9,6 @@ runConformanceTests({
   baseUrl,
   // Only the vitest timeout of the long-poll tests; the server's own timeout is set by run.mjs.
   longPollTimeoutMs: 2000,
+  // The reserved __ds subscription APIs (webhooks and pull-wake); run.mjs fails if any is skipped.
+  subscriptions: true,
 })

@@ -177,46 +177,10 @@ pub async fn post(d: &Arc<Durable>, req: &Req, body: Bytes) -> Response {
         }
     }
     if !body.is_empty() {
-        let json = state::is_json(&st.meta.content_type);
-        let (data, items) = if json {
-            match state::json_items(&body) {
-                Ok((_, 0)) => return reply::error(StatusCode::BAD_REQUEST, "empty JSON array"),
-                Ok(x) => x,
-                Err(_) => return reply::error(StatusCode::BAD_REQUEST, "body is not JSON"),
-            }
-        } else {
-            (body.to_vec(), 0)
-        };
-        if st.own_bytes + data.len() > d.settings.max_stream_bytes {
-            return reply::error(StatusCode::PAYLOAD_TOO_LARGE, "stream is full");
-        }
-        if !d.reserve(data.len()) {
-            return reply::error(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "server memory for streams is full",
-            );
-        }
         let who = producer.as_ref().map(|p| (p.id.as_str(), p.epoch, p.seq));
-        let k = match d.log.append(&st.meta.topic, &data, who, stream_seq).await {
-            Ok(k) => k,
-            Err(e) => {
-                d.release(data.len());
-                tracing::warn!(error = %e, path = stream.path, "durable append failed");
-                return reply::error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "stream storage unavailable",
-                );
-            }
-        };
-        let seg = st.meta.seg;
-        st.push(Entry {
-            end: Offset {
-                seg,
-                pos: k as u64 + 1,
-            },
-            data: data.into(),
-            items,
-        });
+        if let Err(r) = write(d, &stream.path, &mut st, &body, who, stream_seq).await {
+            return r;
+        }
     }
     if let Some(s) = stream_seq {
         st.meta.stream_seq = Some(s.to_owned());
@@ -236,10 +200,95 @@ pub async fn post(d: &Arc<Durable>, req: &Req, body: Bytes) -> Response {
     }
     d.save(&stream.path, &st, close).await;
     stream.notify();
+    if !body.is_empty() {
+        d.subs.touch(&stream.path, false);
+    }
     let status = if producer.is_some() && !body.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::NO_CONTENT
     };
     done(status, &st, producer.map(|p| (p.epoch, p.seq)))
+}
+
+/// Appends `body` to a stream's state and topic: JSON split into items, within the stream's and
+/// the server's byte budgets, acknowledged by Kafka before it is held.
+async fn write(
+    d: &Durable,
+    path: &str,
+    st: &mut State,
+    body: &[u8],
+    who: Option<(&str, u64, u64)>,
+    stream_seq: Option<&str>,
+) -> Result<(), Response> {
+    let json = state::is_json(&st.meta.content_type);
+    let (data, items) = if json {
+        match state::json_items(body) {
+            Ok((_, 0)) => return Err(reply::error(StatusCode::BAD_REQUEST, "empty JSON array")),
+            Ok(x) => x,
+            Err(_) => return Err(reply::error(StatusCode::BAD_REQUEST, "body is not JSON")),
+        }
+    } else {
+        (body.to_vec(), 0)
+    };
+    if st.own_bytes + data.len() > d.settings.max_stream_bytes {
+        return Err(reply::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "stream is full",
+        ));
+    }
+    if !d.reserve(data.len()) {
+        return Err(reply::error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "server memory for streams is full",
+        ));
+    }
+    let k = match d.log.append(&st.meta.topic, &data, who, stream_seq).await {
+        Ok(k) => k,
+        Err(e) => {
+            d.release(data.len());
+            tracing::warn!(error = %e, path, "durable append failed");
+            return Err(reply::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stream storage unavailable",
+            ));
+        }
+    };
+    let seg = st.meta.seg;
+    st.push(Entry {
+        end: Offset {
+            seg,
+            pos: k as u64 + 1,
+        },
+        data: data.into(),
+        items,
+    });
+    Ok(())
+}
+
+impl Durable {
+    /// Appends `body` to the JSON stream at `path` on the server's own behalf (a subscription's
+    /// wake event). Refused, with why, when the stream is missing, closed or not JSON.
+    pub(super) async fn append_internal(&self, path: &str, body: Vec<u8>) -> Result<(), String> {
+        let stream = match self.find(path).await {
+            Found::Live(s) => s,
+            _ => return Err("no such stream".into()),
+        };
+        let mut st = stream.state.lock().await;
+        if st.meta.closed {
+            return Err("stream is closed".into());
+        }
+        if !state::is_json(&st.meta.content_type) {
+            return Err("stream is not application/json".into());
+        }
+        if let Err(r) = write(self, path, &mut st, &body, None, None).await {
+            return Err(format!("append refused: {}", r.status()));
+        }
+        st.touch(now_ms());
+        self.save(path, &st, false).await;
+        stream.notify();
+        drop(st);
+        self.subs.touch(path, false);
+        Ok(())
+    }
 }

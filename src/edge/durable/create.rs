@@ -307,9 +307,13 @@ async fn create(d: &Arc<Durable>, req: &Req, c: Create, body: Bytes) -> Result<R
         st.source = Some(i.source.clone());
     }
     let tail = st.tail;
+    let has_data = st.own_bytes > 0;
     d.save(&req.path, &st, true).await;
     let stream = DsStream::new(&req.path, st);
     d.insert(stream);
+    if has_data {
+        d.subs.touch(&req.path, false);
+    }
     let host = req.header("host").unwrap_or("localhost");
     let b = reply::builder(StatusCode::CREATED)
         .header(header::CONTENT_TYPE, reply::value(&content_type))

@@ -22,6 +22,7 @@ mod reply;
 mod restore;
 mod sse;
 pub mod state;
+mod subs;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -64,6 +65,9 @@ pub struct Durable {
     tasks: tokio_util::task::TaskTracker,
     /// Fires when the edge stops: SSE responses end.
     stop: tokio_util::sync::CancellationToken,
+    /// Subscriptions (the `__ds` APIs).
+    subs: subs::Subscriptions,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Milliseconds since the epoch, the clock every expiry uses.
@@ -77,9 +81,10 @@ impl Durable {
         log: Log,
         store: crate::store::Store,
         settings: &DurableSettings,
+        metrics: Arc<crate::metrics::Metrics>,
         stop: tokio_util::sync::CancellationToken,
-    ) -> Arc<Durable> {
-        Arc::new(Durable {
+    ) -> Result<Arc<Durable>, String> {
+        Ok(Arc::new(Durable {
             streams: Mutex::new(HashMap::new()),
             creating: tokio::sync::Mutex::new(()),
             log,
@@ -88,13 +93,21 @@ impl Durable {
             held: std::sync::atomic::AtomicUsize::new(0),
             tasks: tokio_util::task::TaskTracker::new(),
             stop,
-        })
+            subs: subs::Subscriptions::new(settings)?,
+            metrics,
+        }))
     }
 
     /// Waits for the SSE feeders, once the edge stopped.
     pub async fn wait(&self) {
         self.tasks.close();
         self.tasks.wait().await;
+    }
+
+    /// Every stream's path.
+    fn paths(&self) -> Vec<String> {
+        let map = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        map.keys().cloned().collect()
     }
 
     fn get(&self, path: &str) -> Option<Arc<DsStream>> {
@@ -141,6 +154,7 @@ impl Durable {
                 return;
             }
             self.forget(&s.path).await;
+            self.subs.touch(&s.path, true);
             {
                 let mut map = self.streams.lock().unwrap_or_else(|p| p.into_inner());
                 if map.get(&s.path).is_some_and(|cur| Arc::ptr_eq(cur, &s)) {
@@ -229,11 +243,16 @@ impl Durable {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
-                _ = tick.tick() => self.sweep().await,
+                _ = tick.tick() => {
+                    self.sweep().await;
+                    self.metrics.durable_streams(self.count());
+                }
             }
         }
     }
 }
+
+pub use subs::routes::token_routes;
 
 /// The Durable Streams routes, under the configured base path.
 pub fn routes(durable: Arc<Durable>) -> Router {
@@ -261,6 +280,11 @@ async fn dispatch(
         .strip_prefix(base)
         .unwrap_or(uri.path())
         .to_owned();
+    if let Some(rest) = path.strip_prefix("/v1/stream/__ds") {
+        if rest.is_empty() || rest.starts_with('/') {
+            return subs::routes::control(&d, &method, rest, &headers, &body).await;
+        }
+    }
     let req = reply::Req {
         path,
         full_path: uri.path().to_owned(),

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::offset::Offset;
 use super::state::{self, DsStream, Entry, Meta, ProducerState, State};
 use super::{now_ms, Durable};
+use crate::store::DurableDoc;
 
 /// A stream's saved document.
 #[derive(Serialize, Deserialize)]
@@ -32,21 +33,25 @@ impl Durable {
             deleted: st.deleted,
         })
         .unwrap_or_default();
-        if let Err(e) = self.store.durable_put(path, doc, sync).await {
+        if let Err(e) = self
+            .store
+            .durable_put(DurableDoc::Stream, path, doc, sync)
+            .await
+        {
             tracing::error!(path, error = %e, "durable stream metadata not saved");
         }
     }
 
     /// Forgets `path`'s document.
     pub(super) async fn forget(&self, path: &str) {
-        if let Err(e) = self.store.durable_delete(path).await {
+        if let Err(e) = self.store.durable_delete(DurableDoc::Stream, path).await {
             tracing::error!(path, error = %e, "durable stream metadata not deleted");
         }
     }
 
     /// Rebuilds every saved stream. Returns how many were restored.
     pub async fn restore(&self) -> usize {
-        let docs = match self.store.durable_all().await {
+        let docs = match self.store.durable_all(DurableDoc::Stream).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "durable streams not restored: store unreadable");
