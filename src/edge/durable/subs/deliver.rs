@@ -212,7 +212,31 @@ pub(super) fn action_path(id: &str, action: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::backoff_ms;
+    use super::{backoff_ms, PublicOnly};
+    use reqwest::dns::{Name, Resolve};
+    use std::str::FromStr;
+
+    #[tokio::test]
+    async fn names_resolving_to_local_addresses_are_refused_outside_development() {
+        let strict = PublicOnly {
+            allow_localhost: false,
+        };
+        let err = strict
+            .resolve(Name::from_str("localhost").unwrap())
+            .await
+            .err()
+            .expect("localhost refused");
+        assert!(err.to_string().contains("no public address"), "{err}");
+        let dev = PublicOnly {
+            allow_localhost: true,
+        };
+        let addrs: Vec<_> = dev
+            .resolve(Name::from_str("localhost").unwrap())
+            .await
+            .expect("localhost allowed in development")
+            .collect();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()) && !addrs.is_empty());
+    }
 
     #[test]
     fn retries_back_off_from_one_second_to_a_minute_with_a_fifth_of_jitter() {
