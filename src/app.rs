@@ -216,7 +216,11 @@ impl App {
             durable: match settings.durable.enabled {
                 true => Some(
                     edge::durable::Durable::new(
-                        edge::durable::log::Log::new(journal.clone(), &settings.kafka),
+                        edge::durable::log::Log::new(
+                            journal.clone(),
+                            &settings.kafka,
+                            settings.durable.max_append_bytes,
+                        ),
                         store.clone(),
                         &settings.durable,
                         metrics.clone(),

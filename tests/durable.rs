@@ -82,6 +82,58 @@ async fn every_append_is_one_record_in_the_streams_own_topic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_up_to_max_append_bytes_are_one_record_and_larger_ones_are_413() {
+    let app = start(|s| s.durable.max_append_bytes = 2 * 1024 * 1024).await;
+    let name = unique("big-");
+    let res = app
+        .http
+        .put(url(&app, &name))
+        .header("content-type", "application/octet-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    // Incompressible bytes, so the Kafka batch is as large as the append.
+    let mut x: u64 = seed() | 1;
+    let mut big = Vec::with_capacity(2 * 1024 * 1024);
+    while big.len() < 2 * 1024 * 1024 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        big.extend_from_slice(&x.to_le_bytes());
+    }
+    for (len, status) in [
+        (1024 * 1024, 204),
+        (2 * 1024 * 1024, 204),
+        (2 * 1024 * 1024 + 1, 413),
+    ] {
+        let mut body = big.clone();
+        body.resize(len, 7);
+        let res = app
+            .http
+            .post(url(&app, &name))
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status, "append of {len} bytes");
+    }
+    let read = app.http.get(url(&app, &name)).send().await.unwrap();
+    let got = read.bytes().await.unwrap();
+    assert_eq!(got.len(), 3 * 1024 * 1024);
+    assert!(got[..1024 * 1024] == big[..1024 * 1024] && got[1024 * 1024..] == big[..]);
+    let records = read_partition(&topic_of(&app, &name).await, 0).await;
+    let sizes: Vec<usize> = records.iter().map(|m| m.payload().unwrap().len()).collect();
+    assert_eq!(
+        sizes,
+        [1024 * 1024, 2 * 1024 * 1024],
+        "one record per append"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_at_the_tail_wakes_on_an_append_and_times_out_without_one() {
     let app = start(|s| s.durable.long_poll_timeout = Duration::from_secs(10)).await;
     let name = unique("poll-");

@@ -100,7 +100,11 @@ impl Error {
 pub const CREATE_BATCH: usize = 100;
 
 /// A topic waiting to be created, and who to tell.
-type PendingCreate = (String, oneshot::Sender<Result<(), Error>>);
+type PendingCreate = (
+    String,
+    Vec<(String, String)>,
+    oneshot::Sender<Result<(), Error>>,
+);
 
 /// Where a delivered message landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,9 +183,16 @@ pub fn producer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfi
             settings.message_timeout.as_millis().to_string(),
         )
         .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "200000");
+        .set("queue.buffering.max.messages", "200000")
+        // Room for the largest Durable Streams append; stream topics keep the broker's 1 MB limit
+        // (and `max_chunk_bytes` stays below it), Durable Streams topics raise theirs.
+        .set("message.max.bytes", PRODUCER_MESSAGE_LIMIT.to_string());
     cfg
 }
+
+/// The producers' largest message (librdkafka `message.max.bytes`): a 16 MiB Durable Streams
+/// append with room for its headers and batch framing.
+pub const PRODUCER_MESSAGE_LIMIT: usize = 16 * 1024 * 1024 + 64 * 1024;
 
 /// The shared producers and admin client. Cheap to share behind an `Arc`.
 pub struct Journal {
@@ -237,12 +248,22 @@ impl Journal {
     /// for everything queued (up to [`CREATE_BATCH`]), so a burst of new streams costs a few admin
     /// round trips instead of one each, and a lone stream waits for nothing.
     pub async fn ensure_stream_topic(&self, id: &StreamId) -> Result<(), Error> {
+        self.ensure_stream_topic_with(id, Vec::new()).await
+    }
+
+    /// [`Journal::ensure_stream_topic`] with topic configuration beyond
+    /// `kafka.stream_topic_config` (a Durable Stream's larger `max.message.bytes`).
+    pub async fn ensure_stream_topic_with(
+        &self,
+        id: &StreamId,
+        config: Vec<(String, String)>,
+    ) -> Result<(), Error> {
         let topic = self.topic_for(id);
         let (tx, mut rx) = oneshot::channel();
         self.create_queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((topic.clone(), tx));
+            .push((topic.clone(), config, tx));
         let started = Instant::now();
         let res = loop {
             match rx.try_recv() {
@@ -308,21 +329,25 @@ impl Journal {
         }
         let new: Vec<NewTopic> = batch
             .iter()
-            .map(|(t, _)| {
-                self.settings.stream_topic_config.iter().fold(
-                    NewTopic::new(
-                        t,
-                        1,
-                        TopicReplication::Fixed(self.settings.stream_topic_replication),
-                    ),
-                    |nt, (k, v)| nt.set(k, v),
-                )
+            .map(|(t, extra, _)| {
+                self.settings
+                    .stream_topic_config
+                    .iter()
+                    .chain(extra.iter().map(|(k, v)| (k, v)))
+                    .fold(
+                        NewTopic::new(
+                            t,
+                            1,
+                            TopicReplication::Fixed(self.settings.stream_topic_replication),
+                        ),
+                        |nt, (k, v)| nt.set(k, v),
+                    )
             })
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(self.settings.operation_timeout));
         match self.admin.create_topics(&new, &opts).await {
             Err(source) => {
-                for (topic, tx) in batch {
+                for (topic, _, tx) in batch {
                     let _ = tx.send(Err(Error::Admin {
                         topic,
                         source: source.clone(),
@@ -335,7 +360,7 @@ impl Journal {
                     .filter_map(|r| r.err())
                     .filter(|(_, code)| *code != RDKafkaErrorCode::TopicAlreadyExists)
                     .collect();
-                for (topic, tx) in batch {
+                for (topic, _, tx) in batch {
                     let res = match codes.remove(&topic) {
                         Some(code) => Err(Error::Topic {
                             op: "create",

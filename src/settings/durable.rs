@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The largest `durable.max_append_bytes`.
+pub const MAX_APPEND_LIMIT: usize = 16 * 1024 * 1024;
+
 /// `[durable]`
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -18,8 +21,9 @@ pub struct DurableSettings {
     /// How long an SSE response runs before the server ends it (clients reconnect).
     #[serde(with = "humantime_serde")]
     pub sse_max_duration: Duration,
-    /// Largest append (or initial body), bytes: each is one Kafka message, so below Kafka's
-    /// message size limit (about 1 MB by default). Larger bodies get 413.
+    /// Largest append (or initial body), bytes, at most 16 MiB: each is one Kafka message, and
+    /// Durable Streams topics are created with a `max.message.bytes` that fits it. Larger bodies
+    /// get 413.
     pub max_append_bytes: usize,
     /// Most bytes of its own one stream may hold; appends past it get 413.
     pub max_stream_bytes: usize,
@@ -50,7 +54,7 @@ impl Default for DurableSettings {
             base_path: "/ds".into(),
             long_poll_timeout: Duration::from_secs(20),
             sse_max_duration: Duration::from_secs(60),
-            max_append_bytes: 960 * 1024,
+            max_append_bytes: 4 * 1024 * 1024,
             max_stream_bytes: 64 * 1024 * 1024,
             max_streams: 10_000,
             max_total_bytes: 1024 * 1024 * 1024,
@@ -83,10 +87,10 @@ impl DurableSettings {
                 "must be empty or a path such as \"/ds\" (no trailing slash)",
             ));
         }
-        if self.max_append_bytes > super::validate::KAFKA_MESSAGE_LIMIT - 16 * 1024 {
+        if self.max_append_bytes > MAX_APPEND_LIMIT {
             return Err(invalid(
                 "durable.max_append_bytes",
-                "must leave room for a Kafka message's overhead below 1,000,000 bytes",
+                "must be at most 16 MiB (16777216): the producers' message limit",
             ));
         }
         for (key, d) in [

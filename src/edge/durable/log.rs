@@ -40,14 +40,20 @@ pub const SEQ_HEADER: &str = "ds-seq";
 pub struct Log {
     journal: Arc<Journal>,
     kafka: KafkaSettings,
+    /// Each topic's `max.message.bytes`: the largest append and room for its headers.
+    max_message: usize,
 }
 
+/// Room a record needs beyond its bytes: headers and batch framing.
+const RECORD_OVERHEAD: usize = 64 * 1024;
+
 impl Log {
-    /// A log writing through `journal`.
-    pub fn new(journal: Arc<Journal>, kafka: &KafkaSettings) -> Log {
+    /// A log writing through `journal`, for appends of up to `max_append` bytes.
+    pub fn new(journal: Arc<Journal>, kafka: &KafkaSettings, max_append: usize) -> Log {
         Log {
             journal,
             kafka: kafka.clone(),
+            max_message: max_append + RECORD_OVERHEAD,
         }
     }
 
@@ -55,7 +61,8 @@ impl Log {
     pub async fn create(&self) -> Result<String, Error> {
         let id = StreamId::parse(&format!("ds-{}", uuid::Uuid::new_v4().simple()))
             .unwrap_or_else(|_| StreamId::random());
-        self.journal.ensure_stream_topic(&id).await?;
+        let config = vec![("max.message.bytes".to_owned(), self.max_message.to_string())];
+        self.journal.ensure_stream_topic_with(&id, config).await?;
         Ok(self.journal.topic_for(&id))
     }
 
