@@ -40,6 +40,7 @@ cargo test --locked --bench e2e -- --quick
 cargo test --locked --bench sources -- --quick
 cargo test --locked --bench surfaces -- --quick
 cargo test --locked --bench cluster -- --quick
+cargo test --locked --bench durable -- --quick
 echo "== fuzz smoke (each target ~30 s from the committed corpus)"
 scripts/fuzz.sh 30
 echo "== live dashboard check"
