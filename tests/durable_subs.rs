@@ -89,6 +89,12 @@ async fn put_sub(app: &TestApp, id: &str, body: Value) -> Value {
     res.json().await.unwrap()
 }
 
+async fn get_json(app: &TestApp, rest: &str) -> Value {
+    let res = app.http.get(ds(app, rest)).send().await.unwrap();
+    assert_eq!(res.status(), 200, "GET {rest}");
+    res.json().await.unwrap()
+}
+
 async fn get_sub(app: &TestApp, id: &str) -> Value {
     let res = app
         .http
@@ -141,15 +147,7 @@ async fn error_code(res: reqwest::Response) -> (u16, String) {
 
 /// Checks a delivery's `Webhook-Signature` against the server's published key.
 async fn assert_signed(app: &TestApp, d: &Delivery) {
-    let jwks: Value = app
-        .http
-        .get(ds(app, "__ds/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = get_json(app, "__ds/jwks.json").await;
     let (head, sig) = d.signature.rsplit_once(",ed25519=").unwrap();
     let (t, kid) = head
         .strip_prefix("t=")
@@ -354,15 +352,7 @@ async fn subscriptions_their_cursors_and_the_signing_key_survive_a_restart() {
     let held: Value = claim("w1").await.json().await.unwrap();
     let kid = get_sub(&app, &id).await["webhook"].clone();
     assert!(kid.is_null(), "a pull-wake subscription has no webhook");
-    let jwks_before: Value = app
-        .http
-        .get(ds(&app, "__ds/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks_before: Value = get_json(&app, "__ds/jwks.json").await;
     let dir = app.shutdown().await;
 
     let app = start_exact(settings, dir, sluice::Registry::new()).await;
@@ -372,15 +362,7 @@ async fn subscriptions_their_cursors_and_the_signing_key_survive_a_restart() {
         first_tail.as_str(),
         "{sub}"
     );
-    let jwks_after: Value = app
-        .http
-        .get(ds(&app, "__ds/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks_after: Value = get_json(&app, "__ds/jwks.json").await;
     assert_eq!(jwks_after, jwks_before, "the signing key is kept");
     // The pre-restart wake is gone: its token is refused, and the pending data is woken again
     // one generation on, with a wake event for it.
@@ -394,15 +376,7 @@ async fn subscriptions_their_cursors_and_the_signing_key_survive_a_restart() {
     assert_eq!(error_code(stale).await, (401, "TOKEN_INVALID".to_owned()));
     let next = held["generation"].as_u64().unwrap() + 1;
     wait_until(|| async {
-        let events: Value = app
-            .http
-            .get(ds(&app, &wake))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let events: Value = get_json(&app, &wake).await;
         events
             .as_array()
             .unwrap()

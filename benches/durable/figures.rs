@@ -89,6 +89,24 @@ async fn append(http: &reqwest::Client, url: &str, content_type: &str, body: Vec
     );
 }
 
+/// One writer per stream, each appending `body` `each` times one at a time; how long it took.
+async fn write_all(
+    http: &reqwest::Client,
+    urls: &[String],
+    content_type: &str,
+    body: &[u8],
+    each: usize,
+) -> Duration {
+    let started = Instant::now();
+    join_all(urls.iter().map(|u| async move {
+        for _ in 0..each {
+            append(http, u, content_type, body.to_vec()).await;
+        }
+    }))
+    .await;
+    started.elapsed()
+}
+
 async fn delete(http: &reqwest::Client, urls: &[String]) {
     for u in urls {
         let _ = http.delete(u).send().await;
@@ -104,20 +122,10 @@ async fn small_appends(http: &reqwest::Client, t: &Target, run: &str, n: usize) 
         create(http, u, "text/plain").await;
     }
     let body = "the quick brown fox jumps over the lazy dog, again and again, until the end of it"
-        .repeat(2)[..100]
-        .as_bytes()
+        .repeat(2)
+        .as_bytes()[..100]
         .to_vec();
-    let started = Instant::now();
-    join_all(urls.iter().map(|u| {
-        let body = body.clone();
-        async move {
-            for _ in 0..n / WRITERS {
-                append(http, u, "text/plain", body.clone()).await;
-            }
-        }
-    }))
-    .await;
-    let elapsed = started.elapsed();
+    let elapsed = write_all(http, &urls, "text/plain", &body, n / WRITERS).await;
     let rate = (n / WRITERS * WRITERS) as f64 / elapsed.as_secs_f64();
     eprintln!("durable: {} small appends: {n} in {elapsed:?}", t.name);
     delete(http, &urls).await;
@@ -140,17 +148,15 @@ async fn big_appends(http: &reqwest::Client, t: &Target, run: &str, n: usize) ->
         x ^= x << 17;
         body.extend_from_slice(&x.to_le_bytes());
     }
-    let started = Instant::now();
-    join_all(urls.iter().map(|u| {
-        let body = body.clone();
-        async move {
-            for _ in 0..n / BIG_WRITERS {
-                append(http, u, "application/octet-stream", body.clone()).await;
-            }
-        }
-    }))
+    let elapsed = write_all(
+        http,
+        &urls,
+        "application/octet-stream",
+        &body,
+        n / BIG_WRITERS,
+    )
     .await;
-    let rate = (n / BIG_WRITERS * BIG_WRITERS) as f64 / started.elapsed().as_secs_f64();
+    let rate = (n / BIG_WRITERS * BIG_WRITERS) as f64 / elapsed.as_secs_f64();
     delete(http, &urls).await;
     rate
 }

@@ -191,7 +191,8 @@ async fn main() {
             figures::run(&targets[which], which, &scale, &mut results).await;
         }
     }
-    let header = format!(
+    let header =
+        format!(
         "Machine: {} cores; broker: local single-node Kafka; Sluice: {} build, Durable Streams \
          records acknowledged by Kafka (acks=all, no fsync per record); reference: \
          @durable-streams/server 0.3.7 file-backed (fdatasync per append, coalesced); repeats: {}; \
