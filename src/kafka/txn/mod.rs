@@ -206,8 +206,17 @@ impl TxnProducer {
             // Taken before the gate: the committer drains the parked writes and opens the gate
             // while it holds this lock, so a write is parked only if the drain will see it.
             let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
-            match self.open.try_read() {
-                Ok(open) => {
+            // Once a write is parked, every later one parks behind it until the drain, even if
+            // the gate would let it through: the last reader leaving hands the lock to the
+            // waiting committer only after a moment in which it looks free, and a write sent in
+            // that moment would land in the current transaction, ahead of the parked ones.
+            let gate = if parked.is_empty() {
+                self.open.try_read().ok()
+            } else {
+                None
+            };
+            match gate {
+                Some(open) => {
                     drop(parked);
                     let generation = *open;
                     Entry::Sent(
@@ -215,7 +224,7 @@ impl TxnProducer {
                         generation,
                     )
                 }
-                Err(_) => {
+                None => {
                     let (sent, rx) = oneshot::channel();
                     parked.push(Parked {
                         topic: topic.to_owned(),
@@ -401,5 +410,47 @@ impl Transactions {
         if map.get(&partition).is_some_and(|p| Arc::ptr_eq(p, current)) {
             map.remove(&partition);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against the test broker (`SLUICE_TEST_BROKERS`, default 127.0.0.1:9092).
+    #[tokio::test]
+    async fn a_write_never_overtakes_a_parked_one() {
+        let kafka = KafkaSettings {
+            brokers: std::env::var("SLUICE_TEST_BROKERS")
+                .unwrap_or_else(|_| "127.0.0.1:9092".into()),
+            ..Default::default()
+        };
+        let id = format!("sluice.unit.{}", uuid::Uuid::new_v4().simple());
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let txn = TxnProducer::open(&kafka, &id, 0, metrics)
+            .await
+            .expect("a transactional producer (is the test broker running?)");
+        let write = |n: &str| {
+            txn.enqueue(
+                "sluice.unit.never-sent",
+                Some(0),
+                "k",
+                Some(n.as_bytes()),
+                &[],
+                "stream",
+            )
+            .expect("enqueued")
+        };
+        // A commit holds the gate: the write is parked.
+        let first = {
+            let _commit = txn.open.write().expect("gate");
+            write("1")
+        };
+        // The gate is free again, but the parked write has not been drained into the next
+        // transaction yet: a later write must queue behind it, not go into this one.
+        let second = write("2");
+        assert_eq!(txn.parked.lock().expect("parked").len(), 2);
+        assert_eq!(txn.pending.load(Ordering::Acquire), 0, "nothing sent ahead");
+        drop((first, second));
     }
 }
