@@ -14,6 +14,23 @@ fn url(app: &TestApp, name: &str) -> String {
     app.url(&format!("/ds/v1/stream/{name}"))
 }
 
+/// `method` on stream `name` with a content type and a body.
+async fn send(
+    app: &TestApp,
+    method: reqwest::Method,
+    name: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    app.http
+        .request(method, url(app, name))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn topic_of(app: &TestApp, name: &str) -> String {
     // The ETag names the incarnation's topic: `"<topic>:<from>:<to>"`.
     let res = app.http.get(url(app, name)).send().await.unwrap();
@@ -29,24 +46,17 @@ async fn topic_of(app: &TestApp, name: &str) -> String {
 async fn every_append_is_one_record_in_the_streams_own_topic() {
     let app = start(|_| {}).await;
     let name = unique("kafka-");
-    let res = app
-        .http
-        .put(url(&app, &name))
-        .header("content-type", "application/json")
-        .body(r#"{"n":0}"#)
-        .send()
-        .await
-        .unwrap();
+    let res = send(
+        &app,
+        reqwest::Method::PUT,
+        &name,
+        "application/json",
+        r#"{"n":0}"#,
+    )
+    .await;
     assert_eq!(res.status(), 201);
     for body in [r#"[{"n":1},{"n":2}]"#, r#"[[3]]"#] {
-        let res = app
-            .http
-            .post(url(&app, &name))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let res = send(&app, reqwest::Method::POST, &name, "application/json", body).await;
         assert_eq!(res.status(), 204);
     }
     let read = app.http.get(url(&app, &name)).send().await.unwrap();
@@ -85,13 +95,14 @@ async fn every_append_is_one_record_in_the_streams_own_topic() {
 async fn appends_up_to_max_append_bytes_are_one_record_and_larger_ones_are_413() {
     let app = start(|s| s.durable.max_append_bytes = 2 * 1024 * 1024).await;
     let name = unique("big-");
-    let res = app
-        .http
-        .put(url(&app, &name))
-        .header("content-type", "application/octet-stream")
-        .send()
-        .await
-        .unwrap();
+    let res = send(
+        &app,
+        reqwest::Method::PUT,
+        &name,
+        "application/octet-stream",
+        "",
+    )
+    .await;
     assert_eq!(res.status(), 201);
     // Incompressible bytes, so the Kafka batch is as large as the append.
     let mut x: u64 = seed() | 1;
@@ -109,14 +120,14 @@ async fn appends_up_to_max_append_bytes_are_one_record_and_larger_ones_are_413()
     ] {
         let mut body = big.clone();
         body.resize(len, 7);
-        let res = app
-            .http
-            .post(url(&app, &name))
-            .header("content-type", "application/octet-stream")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let res = send(
+            &app,
+            reqwest::Method::POST,
+            &name,
+            "application/octet-stream",
+            body,
+        )
+        .await;
         assert_eq!(res.status(), status, "append of {len} bytes");
     }
     let read = app.http.get(url(&app, &name)).send().await.unwrap();
@@ -137,13 +148,7 @@ async fn appends_up_to_max_append_bytes_are_one_record_and_larger_ones_are_413()
 async fn a_long_poll_at_the_tail_wakes_on_an_append_and_times_out_without_one() {
     let app = start(|s| s.durable.long_poll_timeout = Duration::from_secs(10)).await;
     let name = unique("poll-");
-    let res = app
-        .http
-        .put(url(&app, &name))
-        .header("content-type", "text/plain")
-        .send()
-        .await
-        .unwrap();
+    let res = send(&app, reqwest::Method::PUT, &name, "text/plain", "").await;
     let tail = res.headers()["stream-next-offset"]
         .to_str()
         .unwrap()
@@ -158,14 +163,7 @@ async fn a_long_poll_at_the_tail_wakes_on_an_append_and_times_out_without_one() 
     // The poll is waiting: nothing has been appended and it has not answered.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!poll.is_finished(), "a long-poll at the tail waits");
-    let res = app
-        .http
-        .post(url(&app, &name))
-        .header("content-type", "text/plain")
-        .body("hello")
-        .send()
-        .await
-        .unwrap();
+    let res = send(&app, reqwest::Method::POST, &name, "text/plain", "hello").await;
     assert_eq!(res.status(), 204);
     let woken = tokio::time::timeout(Duration::from_secs(5), poll)
         .await
@@ -216,13 +214,7 @@ async fn streams_and_their_producers_survive_a_restart() {
             .body(body)
             .send()
     };
-    let res = app
-        .http
-        .put(url(&app, &name))
-        .header("content-type", "text/plain")
-        .send()
-        .await
-        .unwrap();
+    let res = send(&app, reqwest::Method::PUT, &name, "text/plain", "").await;
     assert_eq!(res.status(), 201);
     assert_eq!(post(&app, 0, "a").await.unwrap().status(), 200);
     assert_eq!(post(&app, 1, "b").await.unwrap().status(), 200);

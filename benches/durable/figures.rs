@@ -67,6 +67,23 @@ async fn create(http: &reqwest::Client, url: &str, content_type: &str) -> String
     next_offset(&res)
 }
 
+/// Creates `n` streams named after `what`; their URLs.
+async fn create_each(
+    http: &reqwest::Client,
+    t: &Target,
+    what: &str,
+    n: usize,
+    content_type: &str,
+) -> Vec<String> {
+    let urls: Vec<String> = (0..n)
+        .map(|i| url(t, &format!("bench-{what}-{i}")))
+        .collect();
+    for u in &urls {
+        create(http, u, content_type).await;
+    }
+    urls
+}
+
 fn next_offset(res: &reqwest::Response) -> String {
     res.headers()["stream-next-offset"]
         .to_str()
@@ -115,12 +132,7 @@ async fn delete(http: &reqwest::Client, urls: &[String]) {
 
 /// Appends/s of `n` 100-byte appends by `WRITERS` writers.
 async fn small_appends(http: &reqwest::Client, t: &Target, run: &str, n: usize) -> f64 {
-    let urls: Vec<String> = (0..WRITERS)
-        .map(|i| url(t, &format!("bench-{run}-small-{i}")))
-        .collect();
-    for u in &urls {
-        create(http, u, "text/plain").await;
-    }
+    let urls = create_each(http, t, &format!("{run}-small"), WRITERS, "text/plain").await;
     let body = "the quick brown fox jumps over the lazy dog, again and again, until the end of it"
         .repeat(2)
         .as_bytes()[..100]
@@ -134,12 +146,14 @@ async fn small_appends(http: &reqwest::Client, t: &Target, run: &str, n: usize) 
 
 /// MiB/s of `n` incompressible 1 MiB appends by `BIG_WRITERS` writers.
 async fn big_appends(http: &reqwest::Client, t: &Target, run: &str, n: usize) -> f64 {
-    let urls: Vec<String> = (0..BIG_WRITERS)
-        .map(|i| url(t, &format!("bench-{run}-big-{i}")))
-        .collect();
-    for u in &urls {
-        create(http, u, "application/octet-stream").await;
-    }
+    let urls = create_each(
+        http,
+        t,
+        &format!("{run}-big"),
+        BIG_WRITERS,
+        "application/octet-stream",
+    )
+    .await;
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut body = Vec::with_capacity(MIB);
     while body.len() < MIB {

@@ -237,6 +237,21 @@ async fn write(
             "stream is full",
         ));
     }
+    store(d, path, st, data, items, who, stream_seq).await
+}
+
+/// Holds one record: reserves its bytes in the server's budget, writes it to the stream's topic
+/// and, once Kafka acknowledged it, adds it to the stream's state (returning the bytes if the
+/// write failed). Appends and the initial body of a `PUT` both come through here.
+pub(super) async fn store(
+    d: &Durable,
+    path: &str,
+    st: &mut State,
+    data: Vec<u8>,
+    items: usize,
+    who: Option<(&str, u64, u64)>,
+    stream_seq: Option<&str>,
+) -> Result<(), Response> {
     if !d.reserve(data.len()) {
         return Err(reply::error(
             StatusCode::INSUFFICIENT_STORAGE,

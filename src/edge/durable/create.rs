@@ -277,29 +277,8 @@ async fn create(d: &Arc<Durable>, req: &Req, c: Create, body: Bytes) -> Result<R
         .into_iter()
         .chain(items.filter(|(_, n)| !json || *n > 0))
         .collect();
-    let seg = st.meta.seg;
     for (data, n) in own {
-        if !d.reserve(data.len()) {
-            return Err(reply::error(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "server memory for streams is full",
-            ));
-        }
-        let k = d.log.append(&topic, &data, None, None).await.map_err(|e| {
-            tracing::warn!(error = %e, "durable stream append failed");
-            reply::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "stream storage unavailable",
-            )
-        })?;
-        st.push(Entry {
-            end: Offset {
-                seg,
-                pos: k as u64 + 1,
-            },
-            data: data.into(),
-            items: n,
-        });
+        super::append::store(d, &req.path, &mut st, data, n, None, None).await?;
     }
     st.meta.closed = c.closed;
     if let Some(i) = &inherited {

@@ -3,6 +3,7 @@
 //! tails, so it starts with no history to process.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
@@ -55,6 +56,9 @@ impl Durable {
                 extra: None,
             });
         }
+        // Counted before the streams are listed, so an append racing this creation is noted
+        // for it either way: in the listing, or as a touched path.
+        self.subs.count.fetch_add(1, Ordering::AcqRel);
         let mut links = BTreeMap::new();
         for path in &config.streams {
             let acked = self.sub_tail(path).await;
@@ -113,6 +117,7 @@ impl Durable {
     pub(super) async fn sub_delete(&self, id: &str) {
         let removed = self.subs.table.lock().await.remove(id);
         if removed.is_some() {
+            self.subs.count.fetch_sub(1, Ordering::AcqRel);
             self.save_subs(vec![(id.to_owned(), None)]).await;
             tracing::info!(subscription = id, "subscription deleted");
         }

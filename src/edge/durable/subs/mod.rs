@@ -152,6 +152,8 @@ pub(crate) struct Subscriptions {
     touched: std::sync::Mutex<HashMap<String, bool>>,
     nudge: tokio::sync::Notify,
     client: reqwest::Client,
+    /// How many subscriptions exist: with none, appends skip the bookkeeping altogether.
+    count: std::sync::atomic::AtomicUsize,
 }
 
 impl Subscriptions {
@@ -164,6 +166,7 @@ impl Subscriptions {
             touched: std::sync::Mutex::new(HashMap::new()),
             nudge: tokio::sync::Notify::new(),
             client: deliver::client(settings)?,
+            count: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -173,6 +176,10 @@ impl Subscriptions {
 
     /// Notes that the stream at `path` (below the base path) has new data, or is gone.
     pub fn touch(&self, path: &str, deleted: bool) {
+        // A subscription created later links existing streams when it is created.
+        if self.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return;
+        }
         let Some(rel) = relative(path) else { return };
         let mut t = self.touched.lock().unwrap_or_else(|p| p.into_inner());
         let e = t.entry(rel.to_owned()).or_insert(deleted);

@@ -200,11 +200,7 @@ async fn wake_reply(
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| {
-            h.get(..7)
-                .filter(|p| p.eq_ignore_ascii_case("bearer "))
-                .map(|_| h[7..].trim())
-        })
+        .and_then(crate::edge::bearer)
         .unwrap_or("");
     let reply: WakeReply = match serde_json::from_slice(body) {
         Ok(r) => r,

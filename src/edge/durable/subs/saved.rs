@@ -112,6 +112,9 @@ impl Durable {
             table.insert(id, sub);
         }
         let n = table.len();
+        self.subs
+            .count
+            .store(n, std::sync::atomic::Ordering::Release);
         for sub in table.values() {
             for path in sub.links.keys() {
                 self.subs
