@@ -43,8 +43,14 @@ async fn k0(keys: &[String], rate: u64, secs: u64) -> Histogram<u64> {
     let total = rate * secs;
     let reader = tokio::spawn(async move {
         let mut h = Histogram::<u64>::new(3).unwrap();
-        for _ in 0..total {
-            let m = consumer.recv().await.unwrap();
+        let mut read = 0;
+        while read < total {
+            let m = match consumer.recv().await {
+                Ok(m) => m,
+                Err(e) if sluice::kafka::is_transient(&e) => continue,
+                Err(e) => panic!("baseline consumer: {e}"),
+            };
+            read += 1;
             let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
             let lat = micros_now() - v["sent_us"].as_i64().unwrap();
             h.record(lat.max(0) as u64).unwrap();

@@ -130,7 +130,11 @@ async fn run_once(rate: u64, secs: u64) -> Run {
     consumer.assign(&tpl).unwrap();
     let raw_reader = tokio::spawn(async move {
         loop {
-            let Ok(m) = consumer.recv().await else { return };
+            let m = match consumer.recv().await {
+                Ok(m) => m,
+                Err(e) if sluice::kafka::is_transient(&e) => continue,
+                Err(_) => return,
+            };
             let v: Value =
                 serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
             if raw_tx

@@ -311,6 +311,11 @@ fn read_with(
                 }
                 continue;
             }
+            // The consumer reconnects by itself; the deadline still bounds the read.
+            Some(Err(e)) if super::is_transient(&e) => {
+                tracing::debug!(topic, error = %e, "replay consumer reconnecting");
+                continue;
+            }
             Some(Err(e)) => return Err(map_err(topic, e)),
             Some(Ok(m)) => m,
         };

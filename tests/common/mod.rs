@@ -515,7 +515,7 @@ pub async fn read_partition_as(
             position(&consumer)
         );
         if let Ok(m) = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
-            let m = m.unwrap();
+            let Some(m) = consumed(m) else { continue };
             if let Some(prev) = out.last() {
                 assert!(m.offset() > prev.offset(), "{topic}: offsets increase");
             }
@@ -523,6 +523,22 @@ pub async fn read_partition_as(
         }
     }
     out
+}
+
+/// A read's next message, or `None` on an error the consumer recovers from by itself (the broker
+/// connection dropped for a moment under load): the caller reads on until its deadline. Any other
+/// error fails the test.
+pub fn consumed<'a>(
+    m: Result<rdkafka::message::BorrowedMessage<'a>, rdkafka::error::KafkaError>,
+) -> Option<rdkafka::message::BorrowedMessage<'a>> {
+    match m {
+        Ok(m) => Some(m),
+        Err(e) if sluice::kafka::is_transient(&e) => {
+            eprintln!("test consumer reconnecting: {e}");
+            None
+        }
+        Err(e) => panic!("test consumer: {e}"),
+    }
 }
 
 /// The `sluice.reason` header of a dead-lettered message.

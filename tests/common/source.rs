@@ -12,7 +12,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::Value;
 
-use super::{brokers, unique, WAIT};
+use super::{brokers, consumed, unique, WAIT};
 
 /// Creates `topic` with `partitions` partitions.
 pub async fn create_topic(topic: &str, partitions: i32) {
@@ -109,7 +109,7 @@ pub async fn read_topics(topics: &[String]) -> HashMap<String, Vec<Value>> {
             "stream topics read in time"
         );
         if let Ok(m) = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
-            let m = m.unwrap();
+            let Some(m) = consumed(m) else { continue };
             let v = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(Value::Null);
             out.get_mut(m.topic()).unwrap().push(v);
         }

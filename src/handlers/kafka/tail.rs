@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::kafka::is_transient;
 use crate::kafka::producer::client_config;
 use crate::metrics::Metrics;
 use crate::settings::KafkaSettings;
@@ -356,7 +357,15 @@ impl Tails {
                     }
                     continue;
                 }
-                m = consumer.recv() => m.map_err(err)?,
+                m = consumer.recv() => match m {
+                    Ok(m) => m,
+                    // The consumer reconnects by itself; the stream's own timeout bounds the wait.
+                    Err(e) if is_transient(&e) => {
+                        tracing::warn!(topic = tail.topic, error = %e, "catch-up consumer reconnecting");
+                        continue;
+                    }
+                    Err(e) => return Err(err(e)),
+                },
             };
             let Some(&stop) = behind.get(&m.partition()) else {
                 continue;
