@@ -1,6 +1,7 @@
 //! A partition's transactional writer against the real broker: writes that arrive while a commit
 //! runs wait for the next transaction, and every writer's messages still land exactly once and in
-//! the order it enqueued them.
+//! the order it enqueued them; once a transaction is aborted, no later write commits without the
+//! lost ones.
 
 mod common;
 
@@ -11,7 +12,7 @@ use common::*;
 use futures::stream::{FuturesOrdered, StreamExt};
 use rdkafka::Message;
 use sluice::kafka::producer::{Error, Journal};
-use sluice::kafka::txn::TxnProducer;
+use sluice::kafka::txn::{Event, TxnProducer};
 use sluice::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
@@ -124,4 +125,85 @@ async fn writes_during_a_commit_join_the_next_transaction_in_order() {
     );
     assert_eq!(next.len(), rounds * WRITERS);
     assert!(next.values().all(|n| *n == PER_WRITER), "{next:?}");
+}
+
+/// The payloads of `topic`'s partition 0 as text, read with `isolation`.
+async fn payloads(topic: &str, isolation: &str) -> Vec<String> {
+    read_partition_as(topic, 0, isolation)
+        .await
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_aborted_transaction_no_later_write_commits() {
+    require_kafka();
+    let mut kafka = sluice::settings::KafkaSettings {
+        brokers: brokers(),
+        ..Default::default()
+    };
+    kafka.stream_topic_prefix = format!("sluice.test.{}.", unique("txn"));
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let journal = Journal::new(&kafka, metrics.clone()).unwrap();
+    let id = sluice::event::StreamId::parse("aborted").unwrap();
+    // The broker refuses records over 1 KiB in this topic: such a write fails its transaction.
+    journal
+        .ensure_stream_topic_with(&id, vec![("max.message.bytes".into(), "1024".into())])
+        .await
+        .unwrap();
+    let topic = journal.topic_for(&id);
+    let txn = TxnProducer::open(&kafka, &unique("sluice.test.txn"), 0, metrics.clone())
+        .await
+        .expect("transactional producer");
+    let stop = CancellationToken::new();
+    let (events, mut failures) = tokio::sync::mpsc::unbounded_channel();
+    let committer = tokio::spawn(txn.clone().commit_until(stop.clone(), events));
+    let write = |payload: Vec<u8>| {
+        txn.enqueue(&topic, None, "k", Some(&payload), &[], "stream")
+            .expect("enqueued")
+    };
+
+    write(b"before".to_vec()).await.expect("committed");
+    // Incompressible, so the batch stays over the limit whatever the producer's compression.
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let noise: Vec<u8> = (0..8192)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let too_large = write(noise);
+    let beside = write(b"beside".to_vec());
+    let refused = too_large.await;
+    assert!(
+        matches!(refused, Err(Error::Aborted { .. })),
+        "the oversized write fails its transaction: {refused:?}"
+    );
+    assert!(
+        matches!(beside.await, Err(Error::Aborted { .. })),
+        "a write of the aborted transaction is reported aborted"
+    );
+    match tokio::time::timeout(WAIT, failures.recv()).await {
+        Ok(Some(Event::Aborted { partition: 0, .. })) => {}
+        other => panic!("the committer reports the abort: {other:?}"),
+    }
+    // A write after the abort would commit in the next transaction, with the aborted ones
+    // missing before it: it is refused as a handover instead.
+    match txn.enqueue(&topic, None, "k", Some(b"after"), &[], "stream") {
+        Err(e @ Error::Fenced { .. }) => assert!(e.is_handover()),
+        Err(e) => panic!("refused as fenced, not {e}"),
+        Ok(ack) => panic!("a write after the abort was accepted: {:?}", ack.await),
+    }
+    stop.cancel();
+    committer.await.unwrap();
+
+    assert_eq!(payloads(&topic, "read_committed").await, ["before"]);
+    assert_eq!(
+        payloads(&topic, "read_uncommitted").await,
+        ["before"],
+        "the refused write was not even sent"
+    );
 }

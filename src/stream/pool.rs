@@ -182,8 +182,9 @@ impl Pool {
     ) {
         let provider = self.provider.clone();
         let id = record.stream_id.clone();
+        let pool = self.clone();
         let run = runs.track_future(async move {
-            let run = AssertUnwindSafe(provider.run(record, live, stop, launch));
+            let run = AssertUnwindSafe(provider.run(record, live, stop.clone(), launch));
             if run.catch_unwind().await.is_err() {
                 // The provider already left the hub (drop guard); the record is not terminal,
                 // so the stream resumes, from what its topic holds, when its partition is next
@@ -194,8 +195,56 @@ impl Pool {
                 );
             }
             drop(permit);
+            if stop.is_cancelled() {
+                pool.relaunch(&id).await;
+            }
         });
         self.tracker.spawn(run);
+    }
+
+    /// Relaunches a stream whose run was stopped with its partition but ended only after the
+    /// partition was owned here again: `resume` passed it over then, because the stopping run was
+    /// still registered. Nothing happens if the stream ended, its partition is not owned (its
+    /// next owner resumes it), or another run of it has started since.
+    async fn relaunch(&self, id: &str) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let store = self.provider.records.store();
+        let rec = match store.get(id).await {
+            Ok(Some(rec)) if !rec.state.is_terminal() => rec,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(stream_id = id, error = %e, "stream record not read; the stream resumes on the next assignment");
+                return;
+            }
+        };
+        let Some(group) = self
+            .partition(rec.partition_in(self.provider.records.partitions()))
+            .filter(|(stop, _)| !stop.is_cancelled())
+        else {
+            return;
+        };
+        let Some(permit) = self.permit().await else {
+            return;
+        };
+        let Some(live) = self.provider.hub.register(id) else {
+            return;
+        };
+        // Read again now that no other run can start: one may have run and ended since.
+        let rec = match store.get(id).await {
+            Ok(Some(now)) if !now.state.is_terminal() => now,
+            Ok(_) => {
+                self.provider.hub.remove(id);
+                return;
+            }
+            Err(_) => rec,
+        };
+        tracing::info!(
+            stream_id = id,
+            "stream relaunched: its stopped run ended after its partition was owned here again"
+        );
+        self.launch(permit, rec, live, Launch::Resume, group);
     }
 
     /// Relaunches every stream of `partitions` that was pending or running when its last owner

@@ -425,7 +425,10 @@ pub fn assert_complete(events: &[SseEvent], n: u64, terminal: &str) {
         "expected {} events, got {}: {:?}",
         n + 2,
         events.len(),
-        events.iter().map(|e| &e.event).collect::<Vec<_>>()
+        events
+            .iter()
+            .map(|e| format!("{}@{:?}#{}", e.state(), e.id, e.data["seq"]))
+            .collect::<Vec<_>>()
     );
     assert_eq!(events[0].state(), "started");
     for (i, e) in events[1..=n as usize].iter().enumerate() {

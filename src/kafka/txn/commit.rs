@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::Producer;
+use rdkafka::producer::{Producer, PurgeConfig};
 use rdkafka::util::Timeout;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -28,8 +28,8 @@ pub const COMMIT_LINGER: Duration = Duration::from_millis(5);
 const DELIVERY_POLL: Duration = Duration::from_micros(200);
 
 impl TxnProducer {
-    /// Commits until `stop` fires (then commits what is left), or until the producer is fenced or
-    /// broken, reporting failures on `events`.
+    /// Commits until `stop` fires (then commits what is left and closes), or until the producer is
+    /// fenced or broken, reporting failures on `events`.
     pub async fn commit_until(
         self: Arc<Self>,
         stop: CancellationToken,
@@ -49,15 +49,40 @@ impl TxnProducer {
                     matches!(event, Event::Fenced { .. }) || self.broken.load(Ordering::Acquire);
                 let _ = events.send(event);
                 if last {
-                    return;
+                    break;
                 }
             }
         }
-        if !self.broken.load(Ordering::Acquire) {
+        // Stopped: the partition is being given up. Writes from now on are refused, what was
+        // sent commits, and then nothing is left waiting on this producer.
+        if !self.broken.swap(true, Ordering::AcqRel) {
             if let Some(event) = self.commit().await {
                 let _ = events.send(event);
             }
         }
+        self.close();
+    }
+
+    /// Settles every write still open once the last commit is done: a write sent after it (its
+    /// writer passed the check just before the producer stopped) is in a transaction that never
+    /// commits, so it is refused as fenced, and whatever is still queued for the brokers is
+    /// purged. A stream whose partition is revoked while the brokers are away then stops at once,
+    /// instead of waiting out `message_timeout` on writes nobody will commit.
+    fn close(&self) {
+        let gate = self.open.write().unwrap_or_else(|p| p.into_inner());
+        self.parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let open = *gate;
+        self.settled.send_modify(|s| {
+            // The first generation that did not commit.
+            let next = s.upto.map_or(open, |u| open.max(u + 1));
+            s.fenced_from = Some(s.fenced_from.map_or(next, |f| f.min(next)));
+        });
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
+        drop(gate);
     }
 
     async fn commit(self: &Arc<Self>) -> Option<Event> {
@@ -239,6 +264,12 @@ impl TxnProducer {
                         s.aborted.pop_front();
                     }
                 });
+                // The streams that wrote into the aborted transaction lost those writes, and a
+                // later write of theirs (parked meanwhile, or sent before they learn of it) must
+                // not commit without them: a chunk would be missing from its topic for good. So
+                // this producer takes nothing more, and ownership restarts the partition's
+                // streams, from what was committed, on a new one.
+                self.broken.store(true, Ordering::Release);
                 Some(Event::Aborted {
                     partition: self.partition,
                     writer: self.id,
