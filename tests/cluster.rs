@@ -474,9 +474,20 @@ async fn a_subscriber_on_a_non_owner_follows_the_stream_live() {
     let a = spawn(&configs[0]).await;
     let b = spawn(&configs[1]).await;
     wait_spread(&[&a, &b], 2).await;
-    let payload = json!({"count": 40, "interval_ms": 50});
+    // Long enough to be still running after the resume-point check below (about 2 s).
+    let payload = json!({"count": 120, "interval_ms": 50});
     let (_, on_a) = streams_on(&[&a, &b], 0, 1, payload).await;
     let id = on_a[0].clone();
+    // Beyond what Kafka shows of a stream running elsewhere: perhaps only not visible yet (a
+    // broker that just restarted reports an older watermark), so "try again", not "refused".
+    let far = Some(1_000_000);
+    match b.try_sse(&id, far).await {
+        Err(e) => assert!(
+            e.starts_with("503") && e.contains("not visible yet"),
+            "a resume point ahead of an unfinished stream elsewhere: {e}"
+        ),
+        Ok(_) => panic!("a resume point far ahead was accepted"),
+    }
     let mut sse = b.sse(&id, None).await;
     let mut events = Vec::new();
     while let Some(ev) = sse.next_event().await {
@@ -493,8 +504,16 @@ async fn a_subscriber_on_a_non_owner_follows_the_stream_live() {
             break;
         }
     }
-    assert_complete(&events, 40, "success");
+    assert_complete(&events, 120, "success");
     wait_until(|| async { metric(&b.metrics().await, "sluice_remote_tails") == 0.0 }).await;
+    // Ahead of a finished stream: certain, refused.
+    match b.try_sse(&id, far).await {
+        Err(e) => assert!(
+            e.starts_with("400") && e.contains("last_event_id_ahead"),
+            "a resume point ahead of a finished stream: {e}"
+        ),
+        Ok(_) => panic!("a resume point far ahead of a finished stream was accepted"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

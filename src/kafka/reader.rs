@@ -147,22 +147,32 @@ impl Reader {
 
     /// The topic's retained offset range. When the client's metadata cache does not know the topic
     /// (it may have been created moments ago), a metadata request for it refreshes the cache; a
-    /// topic the broker does not have is `UnknownTopic`.
+    /// topic the broker does not have is `UnknownTopic`. A passing error (a broker that just
+    /// restarted and does not lead the partition yet) is asked again, within
+    /// `kafka.operation_timeout`.
     pub async fn watermarks(&self, topic: &str) -> Result<Watermarks, Error> {
+        let deadline = tokio::time::Instant::now() + self.settings.operation_timeout;
         let mut delay = Duration::from_millis(20);
-        for _ in 0..5 {
+        let mut unknown = 0;
+        loop {
             match self.query_watermarks(topic).await {
-                Err(Error::UnknownTopic(_)) => {
+                Err(Error::UnknownTopic(_)) if unknown < 5 => {
                     if !self.topic_exists(topic).await? {
                         return Err(Error::UnknownTopic(topic.to_owned()));
                     }
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    unknown += 1;
+                }
+                Err(Error::Read { source, .. })
+                    if super::is_transient(&source)
+                        && tokio::time::Instant::now() + delay < deadline =>
+                {
+                    tracing::debug!(topic, error = %source, "watermarks asked again");
                 }
                 other => return other,
             }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
         }
-        self.query_watermarks(topic).await
     }
 
     /// Asks the broker whether `topic` exists, refreshing the client's metadata cache.

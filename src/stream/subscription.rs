@@ -55,6 +55,16 @@ pub enum Error {
         /// The newest offset in the stream, or -1 if empty.
         newest: i64,
     },
+    /// The resume point is beyond what Kafka shows of a stream that is still running or
+    /// resumable: a broker that just restarted can report an older high watermark for a moment.
+    /// The client should try again.
+    #[error("last event id {after} is not visible yet (newest shown: {newest}); try again")]
+    ResumePointNotVisible {
+        /// The id the client sent.
+        after: i64,
+        /// The newest offset Kafka shows.
+        newest: i64,
+    },
     /// Kafka could not be read.
     #[error(transparent)]
     Replay(#[from] reader::Error),
@@ -118,15 +128,10 @@ impl Subscriptions {
             }
         }
         let topic = self.journal.topic_for(id);
-        let marks = self.resume_range(id, &topic, live.is_some(), after).await?;
+        let mut marks = self.resume_range(id, &topic, live.is_some(), after).await?;
         let start = after.map_or(0, |a| a + 1);
-        if let Some(a) = after {
-            if a >= marks.high && a >= 0 {
-                return Err(Error::ResumePointAhead {
-                    after: a,
-                    newest: marks.high - 1,
-                });
-            }
+        if let Some(a) = after.filter(|a| *a >= marks.high && *a >= 0) {
+            marks.high = self.confirm_ahead(id, &topic, a, marks.high).await?;
         }
         let (tx, rx) = mpsc::channel(64);
         let mut pump = Pump {
@@ -151,6 +156,46 @@ impl Subscriptions {
             Ok(r) => Ok(r.is_some()),
             Err(store::Error::Corrupt { .. }) => Ok(true),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Confirms a resume point `after` beyond `high`, the newest offset known, or returns the
+    /// higher watermark that shows it. A run here that has published events knows the stream's
+    /// newest one, so the client is ahead. Otherwise Kafka may be behind for a moment (a broker
+    /// that just restarted reports an older high watermark): it is asked again for about two
+    /// seconds. Still ahead of a finished stream is certain (400); of one still running or
+    /// resumable, it may only not be visible yet (503, try again).
+    async fn confirm_ahead(
+        &self,
+        id: &StreamId,
+        topic: &str,
+        after: i64,
+        high: i64,
+    ) -> Result<i64, Error> {
+        let ahead = |newest| Error::ResumePointAhead { after, newest };
+        if self
+            .hub
+            .get(id.as_str())
+            .is_some_and(|s| s.last_offset() >= 0)
+        {
+            return Err(ahead(high - 1));
+        }
+        let mut newest = high - 1;
+        for ms in [100, 200, 400, 800, 500] {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            match self.reader.watermarks(topic).await {
+                Ok(m) if after < m.high => return Ok(m.high),
+                Ok(m) => newest = newest.max(m.high - 1),
+                Err(reader::Error::UnknownTopic(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match self.store.get(id.as_str()).await {
+            Ok(Some(r)) if !r.state.is_terminal() => {
+                tracing::warn!(stream_id = %id, after, newest, "resume point beyond what Kafka shows of an unfinished stream; the client is asked to try again");
+                Err(Error::ResumePointNotVisible { after, newest })
+            }
+            _ => Err(ahead(newest)),
         }
     }
 

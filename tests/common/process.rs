@@ -190,6 +190,11 @@ impl Proc {
         SseClient::connect(&format!("{}/v1/streams/{id}/events", self.base), after).await
     }
 
+    /// An SSE subscription, or the refusal's status and body.
+    pub async fn try_sse(&self, id: &str, after: Option<i64>) -> Result<SseClient, String> {
+        SseClient::try_connect(&format!("{}/v1/streams/{id}/events", self.base), after).await
+    }
+
     /// SIGKILL, and wait for the process to be gone.
     pub async fn kill(mut self) {
         self.child.start_kill().unwrap();
