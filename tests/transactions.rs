@@ -55,8 +55,18 @@ async fn write_all(txn: Arc<TxnProducer>, topic: String, key: String) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_during_a_commit_join_the_next_transaction_in_order() {
+/// A transactional writer of partition 0 on a fresh stream topic `name` (created with `config`
+/// beyond the defaults), its committer running.
+struct Writer {
+    topic: String,
+    txn: Arc<TxnProducer>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    committer: tokio::task::JoinHandle<()>,
+    failures: tokio::sync::mpsc::UnboundedReceiver<Event>,
+}
+
+async fn writer(name: &str, config: Vec<(String, String)>) -> Writer {
     require_kafka();
     let mut kafka = sluice::settings::KafkaSettings {
         brokers: brokers(),
@@ -65,16 +75,34 @@ async fn writes_during_a_commit_join_the_next_transaction_in_order() {
     kafka.stream_topic_prefix = format!("sluice.test.{}.", unique("txn"));
     let metrics = Arc::new(Metrics::new().unwrap());
     let journal = Journal::new(&kafka, metrics.clone()).unwrap();
-    let id = sluice::event::StreamId::parse("ordered").unwrap();
-    journal.ensure_stream_topic(&id).await.unwrap();
-    let topic = journal.topic_for(&id);
-
+    let id = sluice::event::StreamId::parse(name).unwrap();
+    journal.ensure_stream_topic_with(&id, config).await.unwrap();
     let txn = TxnProducer::open(&kafka, &unique("sluice.test.txn"), 0, metrics.clone())
         .await
         .expect("transactional producer");
     let stop = CancellationToken::new();
-    let (events, mut failures) = tokio::sync::mpsc::unbounded_channel();
+    let (events, failures) = tokio::sync::mpsc::unbounded_channel();
     let committer = tokio::spawn(txn.clone().commit_until(stop.clone(), events));
+    Writer {
+        topic: journal.topic_for(&id),
+        txn,
+        metrics,
+        stop,
+        committer,
+        failures,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_a_commit_join_the_next_transaction_in_order() {
+    let Writer {
+        topic,
+        txn,
+        metrics,
+        stop,
+        committer,
+        mut failures,
+    } = writer("ordered", Vec::new()).await;
 
     let value = |name: &str| -> f64 {
         metrics
@@ -138,27 +166,15 @@ async fn payloads(topic: &str, isolation: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_aborted_transaction_no_later_write_commits() {
-    require_kafka();
-    let mut kafka = sluice::settings::KafkaSettings {
-        brokers: brokers(),
-        ..Default::default()
-    };
-    kafka.stream_topic_prefix = format!("sluice.test.{}.", unique("txn"));
-    let metrics = Arc::new(Metrics::new().unwrap());
-    let journal = Journal::new(&kafka, metrics.clone()).unwrap();
-    let id = sluice::event::StreamId::parse("aborted").unwrap();
     // The broker refuses records over 1 KiB in this topic: such a write fails its transaction.
-    journal
-        .ensure_stream_topic_with(&id, vec![("max.message.bytes".into(), "1024".into())])
-        .await
-        .unwrap();
-    let topic = journal.topic_for(&id);
-    let txn = TxnProducer::open(&kafka, &unique("sluice.test.txn"), 0, metrics.clone())
-        .await
-        .expect("transactional producer");
-    let stop = CancellationToken::new();
-    let (events, mut failures) = tokio::sync::mpsc::unbounded_channel();
-    let committer = tokio::spawn(txn.clone().commit_until(stop.clone(), events));
+    let Writer {
+        topic,
+        txn,
+        stop,
+        committer,
+        mut failures,
+        ..
+    } = writer("aborted", vec![("max.message.bytes".into(), "1024".into())]).await;
     let write = |payload: Vec<u8>| {
         txn.enqueue(&topic, None, "k", Some(&payload), &[], "stream")
             .expect("enqueued")
