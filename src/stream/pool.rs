@@ -210,8 +210,7 @@ impl Pool {
         if self.shutdown.is_cancelled() {
             return;
         }
-        let store = self.provider.records.store();
-        let rec = match store.get(id).await {
+        let rec = match self.provider.records.store().get(id).await {
             Ok(Some(rec)) if !rec.state.is_terminal() => rec,
             Ok(_) => return,
             Err(e) => {
@@ -228,23 +227,40 @@ impl Pool {
         let Some(permit) = self.permit().await else {
             return;
         };
-        let Some(live) = self.provider.hub.register(id) else {
-            return;
+        if self.start_resumed(permit, rec, group).await {
+            tracing::info!(
+                stream_id = id,
+                "stream relaunched: its stopped run ended after its partition was owned here again"
+            );
+        }
+    }
+
+    /// Registers and launches the resumed run of `rec`'s stream unless another run holds it, or
+    /// the stream ended since `rec` was read. Whether it was launched.
+    async fn start_resumed(
+        &self,
+        permit: OwnedSemaphorePermit,
+        rec: StreamRecord,
+        group: (CancellationToken, TaskTracker),
+    ) -> bool {
+        let id = rec.stream_id.clone();
+        let Some(live) = self.provider.hub.register(&id) else {
+            return false;
         };
         // Read again now that no other run can start: one may have run and ended since.
-        let rec = match store.get(id).await {
+        let rec = match self.provider.records.store().get(&id).await {
             Ok(Some(now)) if !now.state.is_terminal() => now,
             Ok(_) => {
-                self.provider.hub.remove(id);
-                return;
+                self.provider.hub.remove(&id);
+                return false;
             }
-            Err(_) => rec,
+            Err(e) => {
+                tracing::warn!(stream_id = id, error = %e, "stream record re-read failed; resuming from the copy read before");
+                rec
+            }
         };
-        tracing::info!(
-            stream_id = id,
-            "stream relaunched: its stopped run ended after its partition was owned here again"
-        );
         self.launch(permit, rec, live, Launch::Resume, group);
+        true
     }
 
     /// Relaunches every stream of `partitions` that was pending or running when its last owner
@@ -272,23 +288,10 @@ impl Pool {
             let Some(group) = self.partition(rec.partition_in(n)) else {
                 continue; // revoked again meanwhile
             };
-            let Some(live) = self.provider.hub.register(&id) else {
-                continue;
-            };
             // The scan is a snapshot: a stream admitted since may have finished.
-            let rec = match store.get(&id).await {
-                Ok(Some(now)) if !now.state.is_terminal() => now,
-                Ok(_) => {
-                    self.provider.hub.remove(&id);
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(stream_id = id, error = %e, "stream record re-read failed; resuming from the scanned copy");
-                    rec
-                }
-            };
-            self.launch(permit, rec, live, Launch::Resume, group);
-            resumed += 1;
+            if self.start_resumed(permit, rec, group).await {
+                resumed += 1;
+            }
         }
         Ok(resumed)
     }
