@@ -49,7 +49,7 @@ listen = "127.0.0.1:0"
 listen = "127.0.0.1:0"
 [kafka]
 brokers = "{b}"
-stream_topic_prefix = "bench.cl.{tag}."
+stream_topic_prefix = "bench.cl.{tag}.stream."
 [intake]
 topic = "bench.cl.{tag}.requests"
 dlq_topic = "bench.cl.{tag}.dlq"

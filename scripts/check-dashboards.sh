@@ -26,7 +26,7 @@ listen = "127.0.0.1:$sport"
 listen = "127.0.0.1:0"
 [kafka]
 brokers = "$BROKERS"
-stream_topic_prefix = "sluice.check.$tag."
+stream_topic_prefix = "sluice.check.$tag.stream."
 [intake]
 topic = "sluice.check.$tag.requests"
 dlq_topic = "sluice.check.$tag.dlq"

@@ -27,7 +27,7 @@ listen = "127.0.0.1:0"
 listen = "127.0.0.1:0"
 [kafka]
 brokers = "$BROKERS"
-stream_topic_prefix = "sluice.with.$TAG."
+stream_topic_prefix = "sluice.with.$TAG.stream."
 [intake]
 topic = "sluice.with.$TAG.requests"
 dlq_topic = "sluice.with.$TAG.dlq"

@@ -102,7 +102,7 @@ impl Sweeper {
         let retention = chrono::Duration::from_std(self.settings.stream_retention)?;
         let cutoff = chrono::Utc::now() - retention;
         let n = self.records.partitions();
-        let expired: Vec<(String, i32)> = self
+        let expired: Vec<(String, i32, Option<String>)> = self
             .records
             .store()
             .scan()
@@ -112,19 +112,18 @@ impl Sweeper {
                 let r = rec.ok()?;
                 let p = r.partition_in(n);
                 let due = r.finished_at.is_some_and(|t| t < cutoff) && self.owned.contains(p);
-                due.then_some((id, p))
+                let topic = crate::event::StreamId::parse(&id)
+                    .ok()
+                    .map(|sid| self.journal.topic_of(&sid, Some(&r)));
+                due.then_some((id, p, topic))
             })
             .collect();
         let mut swept = 0;
         for batch in expired.chunks(self.settings.delete_batch) {
-            let topics: Vec<String> = batch
-                .iter()
-                .filter_map(|(id, _)| crate::event::StreamId::parse(id).ok())
-                .map(|id| self.journal.topic_for(&id))
-                .collect();
-            let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+            let refs: Vec<&str> = batch.iter().filter_map(|(_, _, t)| t.as_deref()).collect();
             self.journal.delete_topics(&refs).await?;
-            self.records.bury(batch.to_vec()).await?;
+            let buried = batch.iter().map(|(id, p, _)| (id.clone(), *p)).collect();
+            self.records.bury(buried).await?;
             self.budget.release(batch.len());
             swept += batch.len();
         }

@@ -129,29 +129,37 @@ async fn poison_request_over_http_and_kafka_fails_the_stream_and_the_process_sta
     p.kill().await;
 }
 
+/// Waits until `p` has durably counted a resumed run of a demo stream (the metric follows the
+/// synced record write).
+async fn resumed_once(p: &process::Proc) {
+    let want = r#"sluice_streams_resumed_total{action="stream_ticks",service="demo"} 1"#;
+    wait_until(|| async { p.metrics().await.contains(want) }).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_whose_runs_keep_dying_ends_resume_exhausted() {
+async fn a_stream_whose_runs_keep_dying_before_storing_anything_ends_resume_exhausted() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "max_attempts = 2", "");
     let mut p = spawn(&config).await;
+    // Its first tick is an hour away: every run stores nothing after `started`.
+    let later = chrono::Utc::now().timestamp_micros() + 3_600_000_000;
     let id = p
         .request(json!({"type": "demo:stream_ticks:v1:requested",
-            "payload": {"count": 1000, "interval_ms": 20, "checkpoint_every": 0}}))
+            "payload": {"count": 3, "interval_ms": 10, "checkpoint_every": 0, "start_at_us": later}}))
         .await;
-    // Each run is killed after it stored two new chunks, as a crashing handler would take the
-    // process down.
-    let mut stored = 0;
-    for attempt in 1..=2 {
-        let mut sse = p.sse(&id, None).await;
-        let target = stored + 2;
-        while stored < target {
-            let ev = sse.next_event().await.expect("event");
-            stored = stored.max(ev.data["seq"].as_u64().unwrap());
-        }
-        assert_eq!(p.status(&id).await["attempts"], attempt);
+    let first = p.sse(&id, None).await.next_event().await.expect("started");
+    assert_eq!(first.state(), "started");
+    assert_eq!(p.status(&id).await["attempts"], 1);
+    // The run after the first stored `started` begins a new count; the runs after it stored
+    // nothing new, so each one counts, until the third exceeds max_attempts.
+    for attempt in [1, 2] {
         p.kill().await;
         p = spawn(&config).await;
+        resumed_once(&p).await;
+        assert_eq!(p.status(&id).await["attempts"], attempt);
     }
+    p.kill().await;
+    p = spawn(&config).await;
     let events = p.sse(&id, None).await.collect().await;
     let last = events.last().unwrap();
     assert_eq!(last.state(), "failed");
@@ -160,6 +168,7 @@ async fn a_stream_whose_runs_keep_dying_ends_resume_exhausted() {
         "{:?}",
         last.data
     );
+    assert_eq!(events.len(), 2, "started, then failed: {events:?}");
     assert_gapless_seqs(&events, "no seq repeated or skipped");
     assert_eq!(p.status(&id).await["attempts"], 3);
     p.kill().await;

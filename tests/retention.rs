@@ -160,14 +160,21 @@ async fn a_burst_of_stream_topics_is_created_in_batches_and_all_exist() {
     let ids: Vec<sluice::event::StreamId> = (0..60)
         .map(|i| sluice::event::StreamId::parse(&format!("burst-{i}")).unwrap())
         .collect();
-    let results =
-        futures::future::join_all(ids.iter().map(|id| journal.ensure_stream_topic(id))).await;
+    let results = futures::future::join_all(ids.iter().map(|id| async {
+        journal
+            .ensure_stream_topic(id, &journal.topic_for(id))
+            .await
+    }))
+    .await;
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
     for id in &ids {
         assert!(topic_exists(&journal.topic_for(id)).await, "{id} exists");
     }
     // Creating them again is success (already exists), not an error.
-    assert!(journal.ensure_stream_topic(&ids[0]).await.is_ok());
+    assert!(journal
+        .ensure_stream_topic(&ids[0], &journal.topic_for(&ids[0]))
+        .await
+        .is_ok());
     let text = metrics.render();
     assert!(
         text.contains(r#"sluice_kafka_topic_create_duration_seconds_count{result="ok"} 61"#),

@@ -56,7 +56,7 @@ listen = "127.0.0.1:0"
 listen = "127.0.0.1:0"
 [kafka]
 brokers = "{brokers}"
-stream_topic_prefix = "bench.{t}."
+stream_topic_prefix = "bench.{t}.stream."
 [intake]
 topic = "bench.{t}.requests"
 dlq_topic = "bench.{t}.dlq"

@@ -124,7 +124,7 @@ pub async fn run_sluice(tweak: impl FnOnce(&mut Settings)) -> Running {
     s.http.listen = "127.0.0.1:0".parse().unwrap();
     s.grpc.listen = "127.0.0.1:0".parse().unwrap();
     s.kafka.brokers = brokers();
-    s.kafka.stream_topic_prefix = format!("bench.{t}.");
+    s.kafka.stream_topic_prefix = format!("bench.{t}.stream.");
     s.intake.topic = format!("bench.{t}.requests");
     s.intake.dlq_topic = format!("bench.{t}.dlq");
     s.intake.group_id = format!("bench-{t}");

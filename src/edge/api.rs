@@ -137,12 +137,16 @@ pub async fn list(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let query = list_query(&params)?;
-    let page = state.store.list(query).await?;
-    let who = &caller.identity;
+    let who = caller.identity.clone();
+    let page = state
+        .store
+        .list_visible(query, move |r| {
+            who.may_access(&r.stream_id, r.request.owner.as_deref())
+        })
+        .await?;
     let streams: Vec<_> = page
         .records
         .iter()
-        .filter(|r| who.may_access(&r.stream_id, r.request.owner.as_deref()))
         .map(|r| summary(&state, r, false))
         .collect();
     let body = json!({

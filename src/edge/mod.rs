@@ -284,17 +284,13 @@ impl EdgeState {
         if !caller.identity.is_admin() {
             self.rate.check(&caller.rate_key)?;
         }
+        self.check_owner_quota(&caller.identity).await?;
         let id = request.stream_id.clone().unwrap_or_else(StreamId::random);
+        let who = &caller.identity;
         if let Some(record) = self.store.get(id.as_str()).await? {
-            if !caller
-                .identity
-                .may_access(id.as_str(), record.request.owner.as_deref())
-            {
+            if !who.may_access(id.as_str(), record.request.owner.as_deref()) {
                 return Err(access::forbidden(&id));
             }
-            return Ok((id, true));
-        }
-        if self.hub.get(id.as_str()).is_some() {
             return Ok((id, true));
         }
         if !self.budget.has_room() {
@@ -303,11 +299,25 @@ impl EdgeState {
                 self.budget.cap()
             )));
         }
-        request.stream_id = Some(id.clone());
-        let owner = caller.identity.subject().unwrap_or("");
-        if !owner.is_empty() {
-            self.pending.insert(&id, owner);
+        let owner = who.subject().unwrap_or("");
+        // The first request for an id claims it, atomically; a later one is told the stream
+        // exists only if it may read the claimant's streams, and is refused like an unknown id
+        // otherwise. A stream registered between the record lookup and the claim (its claim
+        // has expired, or it came over Kafka) is authorised by its record.
+        match self.pending.claim(&id, owner) {
+            access::Claim::Held(held) if who.may_access(id.as_str(), Some(held.as_str())) => {
+                return Ok((id, true));
+            }
+            access::Claim::Held(_) => return Err(access::forbidden(&id)),
+            access::Claim::New if self.hub.get(id.as_str()).is_some() => {
+                // Registering here from another request: its record decides.
+                let allowed = access::authorize(self, who, &id).await;
+                self.pending.release(&id);
+                return allowed.map(|()| (id, true));
+            }
+            access::Claim::New => {}
         }
+        request.stream_id = Some(id.clone());
         let type_text = request.event_type.to_string();
         // The owner header is always written (empty for no subject), so a client's
         // `metadata.owner` can never claim a stream for someone else.
@@ -323,8 +333,32 @@ impl EdgeState {
                 "intake",
             )
             .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            .map_err(|e| {
+                self.pending.release(&id);
+                ApiError::Unavailable(e.to_string())
+            })?;
         Ok((id, false))
+    }
+
+    /// Refuses a subject that already has `limits.max_streams_per_owner` unfinished streams.
+    /// Counted from the owner index every instance keeps (records arrive through the changelog),
+    /// so the cap holds across instances, give or take requests still on their way to intake,
+    /// which the request rate bounds.
+    async fn check_owner_quota(&self, who: &auth::Identity) -> Result<(), ApiError> {
+        let (Some(owner), false) = (who.subject(), who.is_admin()) else {
+            return Ok(());
+        };
+        let cap = self.limits.max_streams_per_owner;
+        if self.store.active_streams(owner, cap).await? < cap {
+            return Ok(());
+        }
+        Err(ApiError::TooMany {
+            code: "owner_quota",
+            message: format!(
+                "this subject has {cap} unfinished streams, the most one owner may have (limits.max_streams_per_owner)"
+            ),
+            retry_after: 1,
+        })
     }
 
     /// Sends a cancel for `record`'s stream to the owner of its intake partition: a control

@@ -1,12 +1,17 @@
 //! The HTTP server loop: accepts TCP connections, admits them through the connection caps, and
 //! serves each with hyper (HTTP/1.1 with upgrades and a header-read timeout, or HTTP/2 with bounded
-//! concurrent streams and keep-alive pings) and the caller's address as `ConnectInfo`. A connection over a cap is answered with a one-off
-//! `429`/`503` JSON response and closed. On `stop`, open connections finish their current requests
-//! and close; streaming bodies end because their subscriptions end.
+//! concurrent streams and keep-alive pings) and the caller's address as `ConnectInfo`. A
+//! connection over a cap is answered with a one-off `429`/`503` JSON response and closed. Request
+//! heads are bounded by `limits.max_header_bytes` (431). A connection that has not begun a request
+//! within `limits.header_read_timeout` of its accept (an idle socket, a partial HTTP/2 preface) is
+//! closed: hyper's own header timeout starts only once it has told the protocols apart. On `stop`,
+//! open connections finish their current requests and close; streaming bodies end because their
+//! subscriptions end.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -102,13 +107,15 @@ pub async fn run(listener: TcpListener, router: Router, state: Shared, stop: Can
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
     // HTTP/2 without TLS (prior knowledge): bounded concurrency, and a peer that stops answering
     // pings is dropped like an idle WebSocket.
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_streams_per_connection)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(limits.ws_idle_timeout / 3)
         .keep_alive_timeout(limits.ws_idle_timeout / 3);
     let connections = TaskTracker::new();
@@ -147,33 +154,69 @@ pub async fn run(listener: TcpListener, router: Router, state: Shared, stop: Can
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
         let io = TokioIo::new(Gated::new(tcp, admitted));
+        let begun = Arc::new(AtomicBool::new(false));
+        let first = begun.clone();
         let svc = router
             .clone()
             .map_request(move |mut req: axum::http::Request<Incoming>| {
+                first.store(true, Ordering::Relaxed);
                 req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
                 req
             });
         let svc = TowerToHyperService::new(svc);
         let builder = builder.clone();
         let stop = stop.clone();
+        let state = state.clone();
         connections.spawn(async move {
             let conn = builder.serve_connection_with_upgrades(io, svc);
             tokio::pin!(conn);
+            let wait = state.limits.header_read_timeout;
             let result = tokio::select! {
                 biased;
                 _ = stop.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
+                _ = no_request_within(&begun, wait) => {
+                    state.metrics.edge_rejected(
+                        "header_timeout",
+                        &format!("http {peer}: no request within {wait:?} of connecting (limits.header_read_timeout)"),
+                    );
+                    return;
+                }
                 r = conn.as_mut() => r,
             };
-            if let Err(e) = result {
-                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            match result {
+                Err(e) if head_too_large(e.as_ref()) => {
+                    let limit = state.limits.max_header_bytes;
+                    state.metrics.edge_rejected(
+                        "header_too_large",
+                        &format!("http {peer}: request head over {limit} bytes (limits.max_header_bytes), answered 431"),
+                    );
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error")
+                }
+                Ok(()) => {}
             }
         });
     }
     connections.close();
     connections.wait().await;
+}
+
+/// Whether a connection ended because a request head outgrew the read buffer (hyper answered 431).
+fn head_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_parse_too_large)
+}
+
+/// Resolves `wait` after it is called if no request has begun by then; never otherwise.
+async fn no_request_within(begun: &AtomicBool, wait: Duration) {
+    tokio::time::sleep(wait).await;
+    if begun.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Writes a refusal as a complete HTTP/1.1 response and closes the connection, reading (and

@@ -7,7 +7,9 @@
 //! The caller is authenticated once, at the upgrade; each subscribe, cancel and request is then
 //! authorised like its HTTP twin. The server pings every third of `limits.ws_idle_timeout`, and a
 //! socket from which nothing arrives (not even the pong a browser sends by itself) for that long is
-//! closed with 1008.
+//! closed with 1008. A frame over `intake.max_request_bytes` closes it with 1009, and the socket's
+//! authorisation lasts no longer than its token: when a JWT's `exp` (plus the leeway) passes, the
+//! socket is closed with 4401 ("token expired"), and the client reconnects with a fresh token.
 //!
 //! Two paths lead to the socket, and neither can wait on the other. Followers push stream events
 //! into a bounded queue that the socket task drains. Replies to client frames (`pong`, `accepted`,
@@ -25,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
-use super::access::{authorize, Caller};
+use super::access::{self, authorize, Caller};
 use super::{api, parse_id, ApiError, Shared};
 use crate::event::StreamId;
 use crate::stream::subscription::Delivery;
@@ -40,6 +42,29 @@ pub async fn upgrade(
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| serve(state, caller, socket))
+}
+
+/// The close code of a frame over the size limit (RFC 6455 "message too big").
+const CLOSE_TOO_BIG: u16 = 1009;
+/// The close code of a socket whose token expired (application range; mirrors HTTP 401).
+const CLOSE_TOKEN_EXPIRED: u16 = 4401;
+
+/// Whether a receive error is a message or frame over the size limit.
+fn too_big(e: &axum::Error) -> bool {
+    use std::error::Error as _;
+    use tungstenite::error::{CapacityError, Error};
+    e.source()
+        .and_then(|inner| inner.downcast_ref::<Error>())
+        .is_some_and(|e| matches!(e, Error::Capacity(CapacityError::MessageTooLong { .. })))
+}
+
+/// When a token expiring at `exp` (unix seconds) stops being honoured, on the runtime's clock.
+fn token_deadline(exp: Option<i64>) -> Option<Instant> {
+    let now = chrono::Utc::now().timestamp_millis();
+    exp.map(|t| {
+        let left = t.saturating_mul(1000).saturating_sub(now).max(0) as u64;
+        Instant::now() + std::time::Duration::from_millis(left)
+    })
 }
 
 fn error_frame(stream_id: Option<&str>, err: &ApiError) -> String {
@@ -88,6 +113,7 @@ async fn serve(state: Shared, caller: Caller, socket: WebSocket) {
     // At least 1 ms: a zero period would panic, and validation only refuses a zero timeout.
     let every = (idle / 3).max(std::time::Duration::from_millis(1));
     let mut ping = tokio::time::interval_at(Instant::now() + every, every);
+    let expiry = token_deadline(caller.identity.expires_at());
     let mut s = Socket {
         state,
         caller,
@@ -123,6 +149,15 @@ async fn serve(state: Shared, caller: Caller, socket: WebSocket) {
                 let _ = sink.send(Message::Close(Some(close))).await;
                 break;
             }
+            _ = tokio::time::sleep_until(expiry.unwrap_or(heard)), if expiry.is_some() => {
+                s.state.metrics.edge_rejected(
+                    "ws_token_expired",
+                    "ws: the socket's token expired",
+                );
+                let close = CloseFrame { code: CLOSE_TOKEN_EXPIRED, reason: "token expired".into() };
+                let _ = sink.send(Message::Close(Some(close))).await;
+                break;
+            }
             _ = ping.tick() => {
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
                     break;
@@ -135,6 +170,17 @@ async fn serve(state: Shared, caller: Caller, socket: WebSocket) {
                     message: "only JSON text frames are accepted".into(),
                 }),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Err(e)) if too_big(&e) => {
+                    let limit = s.state.intake.max_request_bytes;
+                    s.state.metrics.edge_rejected(
+                        "too_large",
+                        &format!("ws: a frame over {limit} bytes (intake.max_request_bytes)"),
+                    );
+                    let reason = format!("frame over {limit} bytes");
+                    let close = CloseFrame { code: CLOSE_TOO_BIG, reason: reason.into() };
+                    let _ = sink.send(Message::Close(Some(close))).await;
+                    break;
+                }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
             }
         }
@@ -192,14 +238,16 @@ impl Socket {
             json!({"type": "accepted", "stream_id": id.as_str(), "id": null, "seq": null,
                          "payload": {"existing": existed}}),
         );
-        self.follow(id, None, self.state.edge.request_start_wait)
+        // Followed only once the stream's record names an owner this caller may read: the
+        // request may have lost the id to one made at the same moment elsewhere.
+        self.follow(id, None, self.state.edge.request_start_wait, true)
     }
 
     async fn subscribe(&mut self, stream_id: &str, after: Option<i64>) -> Result<(), ApiError> {
         let id = parse_id(stream_id)?;
         authorize(&self.state, &self.caller.identity, &id).await?;
         self.check_capacity()?;
-        self.follow(id, after, self.state.edge.early_connect_wait)
+        self.follow(id, after, self.state.edge.early_connect_wait, false)
     }
 
     async fn cancel(&mut self, stream_id: &str) -> Result<(), ApiError> {
@@ -229,6 +277,7 @@ impl Socket {
         id: StreamId,
         after: Option<i64>,
         wait: std::time::Duration,
+        authorize_first: bool,
     ) -> Result<(), ApiError> {
         self.following.retain(|_, h| !h.is_finished());
         if self.following.contains_key(id.as_str()) {
@@ -241,9 +290,22 @@ impl Socket {
         let slot = self.state.subscriber_slot(&id)?;
         let state = self.state.clone();
         let out = self.out.clone();
+        let who = self.caller.identity.clone();
         let handle = self.followers.spawn(async move {
             let _slot = slot;
-            match state.subs.open(&id, after, wait).await {
+            let allowed = match authorize_first {
+                true => access::authorize_within(&state, &who, &id, wait).await,
+                false => Ok(()),
+            };
+            let opened = match allowed {
+                Ok(()) => state
+                    .subs
+                    .open(&id, after, wait)
+                    .await
+                    .map_err(ApiError::from),
+                Err(e) => Err(e),
+            };
+            match opened {
                 Ok(mut rx) => {
                     while let Some(d) = rx.recv().await {
                         if out.send(delivery_frame(id.as_str(), &d)).await.is_err() {
@@ -251,8 +313,7 @@ impl Socket {
                         }
                     }
                 }
-                Err(e) => {
-                    let err = ApiError::from(e);
+                Err(err) => {
                     state
                         .metrics
                         .edge_rejected(err.code(), &format!("ws: {err}"));

@@ -1,10 +1,12 @@
 //! Kafka I/O: topic administration and the shared idempotent producer (`producer`), the
 //! transactional writer of each owned intake partition (`txn`), pooled replay reads of stream
 //! topics (`reader`), the intake consumer with its dead-letter path and rebalance callbacks
-//! (`intake`), and the changelog of stream records with its follower (`changelog`).
+//! (`intake`), the changelog of stream records with its follower (`changelog`), and stream topic
+//! names (`naming`).
 
 pub mod changelog;
 pub mod intake;
+pub mod naming;
 pub mod producer;
 pub mod reader;
 pub mod txn;

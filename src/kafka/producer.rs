@@ -237,9 +237,23 @@ impl Journal {
         &self.producers[(hash % self.producers.len() as u64) as usize]
     }
 
-    /// The topic holding a stream's events.
+    /// The topic of a new stream (see [`naming`](super::naming)).
     pub fn topic_for(&self, id: &StreamId) -> String {
-        format!("{}{}", self.settings.stream_topic_prefix, id)
+        super::naming::stream_topic(&self.settings.stream_topic_prefix, id)
+    }
+
+    /// The topic of a stream with `record` (none yet for a stream being registered): the one the
+    /// record names, else, for records from before records named topics, the raw-id name.
+    pub fn topic_of(&self, id: &StreamId, record: Option<&crate::store::StreamRecord>) -> String {
+        match record {
+            Some(r) => r.topic.clone().unwrap_or_else(|| self.legacy_topic_for(id)),
+            None => self.topic_for(id),
+        }
+    }
+
+    /// The topic a stream created before its record named its topic has.
+    pub fn legacy_topic_for(&self, id: &StreamId) -> String {
+        super::naming::legacy(&self.settings.stream_topic_prefix, id)
     }
 
     /// Creates a stream's topic; an existing topic is success.
@@ -247,8 +261,8 @@ impl Journal {
     /// Concurrent calls are batched: whoever holds the creator lock sends one CreateTopics request
     /// for everything queued (up to [`CREATE_BATCH`]), so a burst of new streams costs a few admin
     /// round trips instead of one each, and a lone stream waits for nothing.
-    pub async fn ensure_stream_topic(&self, id: &StreamId) -> Result<(), Error> {
-        self.ensure_stream_topic_with(id, Vec::new()).await
+    pub async fn ensure_stream_topic(&self, id: &StreamId, topic: &str) -> Result<(), Error> {
+        self.ensure_topic(id, topic, Vec::new()).await
     }
 
     /// [`Journal::ensure_stream_topic`] with topic configuration beyond
@@ -258,7 +272,17 @@ impl Journal {
         id: &StreamId,
         config: Vec<(String, String)>,
     ) -> Result<(), Error> {
-        let topic = self.topic_for(id);
+        self.ensure_topic(id, &self.topic_for(id), config).await
+    }
+
+    /// Creates `topic` for the stream `id` (whose producer handle learns it).
+    async fn ensure_topic(
+        &self,
+        id: &StreamId,
+        topic: &str,
+        config: Vec<(String, String)>,
+    ) -> Result<(), Error> {
+        let topic = topic.to_owned();
         let (tx, mut rx) = oneshot::channel();
         self.create_queue
             .lock()

@@ -491,6 +491,20 @@ mod tests {
         s.kafka.stream_topic_prefix = "bad/prefix".into();
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("kafka.stream_topic_prefix"), "{err}");
+
+        // A stream named `requests` would write into the intake topic.
+        let mut s = Settings::default();
+        s.kafka.stream_topic_prefix = "sluice.".into();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("intake.topic") && err.contains("lies under"),
+            "{err}"
+        );
+        let mut s = Settings::default();
+        s.kafka.stream_topic_prefix = "app_".into();
+        s.intake.topic = "app.requests".into();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("intake.topic"), "Kafka takes . for _: {err}");
     }
 
     #[test]

@@ -66,12 +66,19 @@ pub struct LimitsSettings {
     pub request_burst: u32,
     /// Most identities whose request rate is tracked; the idlest are forgotten past it.
     pub max_tracked_identities: usize,
+    /// Unfinished streams one subject may have at once, on all instances together; requests
+    /// past it get 429. Administrators and requests over Kafka are not counted against it.
+    pub max_streams_per_owner: usize,
     /// Longest time a non-streaming HTTP request may take (408 after it).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Longest time a client may take to send a request's headers (the connection is closed).
+    /// Longest time a client may take to send a request's headers, and a new connection its
+    /// first request (protocol detection included); then the connection is closed.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) on HTTP/1.1, and header list on HTTP/2
+    /// and gRPC; over it: 431 on HTTP/1.1, a refused stream on HTTP/2.
+    pub max_header_bytes: usize,
     /// A WebSocket from which nothing (not even a pong) arrives for this long is closed; an HTTP/2
     /// connection (gRPC included) that does not answer the server's pings for this long too.
     #[serde(with = "humantime_serde")]
@@ -88,8 +95,10 @@ impl Default for LimitsSettings {
             requests_per_second: 20,
             request_burst: 40,
             max_tracked_identities: 100_000,
+            max_streams_per_owner: 100,
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
             ws_idle_timeout: Duration::from_secs(90),
         }
     }

@@ -66,6 +66,10 @@ impl Settings {
                 "limits.max_tracked_identities",
                 self.limits.max_tracked_identities,
             ),
+            (
+                "limits.max_streams_per_owner",
+                self.limits.max_streams_per_owner,
+            ),
         ] {
             at_least_one(key, v)?;
         }
@@ -88,6 +92,12 @@ impl Settings {
             ("auth.jwks_reload_interval", self.auth.jwks_reload_interval),
         ] {
             nonzero(key, v)?;
+        }
+        if !(8 * 1024..=1024 * 1024).contains(&self.limits.max_header_bytes) {
+            return Err(invalid(
+                "limits.max_header_bytes",
+                "must be between 8192 and 1048576 bytes",
+            ));
         }
         if p.max_chunk_bytes >= KAFKA_MESSAGE_LIMIT {
             return Err(invalid(
@@ -155,6 +165,17 @@ impl Settings {
                 return Err(invalid(
                     key,
                     format!("{topic:?} is not a valid Kafka topic name"),
+                ));
+            }
+            // Stream topics are the prefix and a client-chosen id: a topic under the prefix is
+            // one a client could write to by naming its stream after it.
+            if topic
+                .replace('.', "_")
+                .starts_with(&prefix.replace('.', "_"))
+            {
+                return Err(invalid(
+                    key,
+                    format!("{topic:?} lies under kafka.stream_topic_prefix {prefix:?}, where stream ids name topics"),
                 ));
             }
         }

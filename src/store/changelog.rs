@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use chrono::Utc;
 use rocksdb::WriteOptions;
 
-use super::{decode, index, key, unindex, Error, Store, GONE_PREFIX};
+use super::{decode, index, key, owners, unindex, Error, Store, GONE_PREFIX};
 
 const POSITION_PREFIX: &str = "changelog/";
 
@@ -67,6 +67,7 @@ impl Store {
                     Ok(record) if record.stream_id == id => {
                         batch.put(key(id), bytes);
                         batch.put(index::index_key(&record), b"");
+                        owners::index(&mut batch, &record);
                         batch.delete(format!("{GONE_PREFIX}{id}"));
                     }
                     Ok(_) | Err(_) => {

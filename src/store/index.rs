@@ -2,9 +2,12 @@
 //!
 //! Each record has an index key `bytime/<i64::MAX - created_at µs, 20 digits>/<stream id>`,
 //! written in the same batch as the record, so a forward scan yields streams newest first. A page
-//! resumes after an opaque cursor (the last index key it returned), and one page examines a
-//! bounded number of index entries, so a filter that matches rarely costs bounded work per
-//! request: the page may come back short with a cursor to continue from.
+//! resumes after an opaque cursor, and one page examines a bounded number of index entries, so a
+//! filter that matches rarely costs bounded work per request: the page may come back short with a
+//! cursor to continue from. The cursor names the last index entry examined only when that
+//! stream is one the caller may see; otherwise it is that entry's creation time and its place
+//! among the entries of that microsecond (`<time>/#<n>`), so paging never reveals the id of a
+//! stream the caller may not read.
 
 use chrono::{DateTime, Utc};
 use rocksdb::{Direction, IteratorMode, DB};
@@ -50,19 +53,70 @@ pub struct Cursor(String);
 impl Cursor {
     /// Parses a client's cursor; `None` if it is not one this store could have issued.
     pub fn parse(raw: &str) -> Option<Cursor> {
-        let (inv, id) = raw.split_once('/')?;
+        let (inv, rest) = raw.split_once('/')?;
         let ok_inv = inv.len() == 20 && inv.bytes().all(|b| b.is_ascii_digit());
-        let ok_id = (1..=200).contains(&id.len())
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        (ok_inv && ok_id).then(|| Cursor(raw.to_owned()))
+        let ok_rest = match rest.strip_prefix('#') {
+            Some(n) => (1..=20).contains(&n.len()) && n.parse::<u64>().is_ok(),
+            None => {
+                (1..=200).contains(&rest.len())
+                    && rest
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            }
+        };
+        (ok_inv && ok_rest).then(|| Cursor(raw.to_owned()))
     }
 
     /// The cursor's text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Where the scan starts, and how many entries of that time to pass over first (a `#<n>`
+    /// cursor) or whether the entry at the start is the last one returned (skipped).
+    fn start(&self) -> (Vec<u8>, Start) {
+        match self.0.split_once("/#") {
+            Some((inv, n)) => (
+                format!("{INDEX_PREFIX}{inv}/").into_bytes(),
+                Start::Pass(n.parse().unwrap_or(0)),
+            ),
+            None => (
+                format!("{INDEX_PREFIX}{}", self.0).into_bytes(),
+                Start::After,
+            ),
+        }
+    }
+}
+
+enum Start {
+    /// Skip the entry the scan starts on, if it is there.
+    After,
+    /// Pass over this many entries of the start's time.
+    Pass(u64),
+}
+
+/// The cursor after `last` (an index key without the prefix): the key itself if its stream is
+/// in the page, else its time and its place among that time's entries.
+fn cursor_after(db: &DB, last: &[u8], returned: bool) -> Result<Option<Cursor>, Error> {
+    let Ok(text) = std::str::from_utf8(last) else {
+        return Ok(None);
+    };
+    if returned {
+        return Ok(Some(Cursor(text.to_owned())));
+    }
+    let Some((inv, _)) = text.split_once('/') else {
+        return Ok(None);
+    };
+    let group = format!("{INDEX_PREFIX}{inv}/").into_bytes();
+    let mut n = 0u64;
+    for item in db.iterator(IteratorMode::From(&group, Direction::Forward)) {
+        let (k, _) = item?;
+        if !k.starts_with(&group) || k[INDEX_PREFIX.len()..] > *last {
+            break;
+        }
+        n += 1;
+    }
+    Ok(Some(Cursor(format!("{inv}/#{n}"))))
 }
 
 /// One page of the listing.
@@ -84,14 +138,28 @@ impl ListQuery {
     }
 }
 
-/// Runs a listing query on the database.
-pub(super) fn list(db: &DB, q: &ListQuery) -> Result<Page, Error> {
-    let start = match &q.cursor {
-        Some(c) => format!("{INDEX_PREFIX}{}", c.0).into_bytes(),
-        None => INDEX_PREFIX.as_bytes().to_vec(),
+/// Runs a listing query on the database, keeping the records `visible` accepts.
+pub(super) fn list(
+    db: &DB,
+    q: &ListQuery,
+    visible: &dyn Fn(&StreamRecord) -> bool,
+) -> Result<Page, Error> {
+    scan(db, q, visible, MAX_SCAN)
+}
+
+/// [`list`], examining at most `max_scan` entries.
+fn scan(
+    db: &DB,
+    q: &ListQuery,
+    visible: &dyn Fn(&StreamRecord) -> bool,
+    max_scan: usize,
+) -> Result<Page, Error> {
+    let (start, mut skip) = match &q.cursor {
+        Some(c) => c.start(),
+        None => (INDEX_PREFIX.as_bytes().to_vec(), Start::Pass(0)),
     };
     let mut records = Vec::new();
-    let mut last: Option<Vec<u8>> = None;
+    let mut last: Option<(Vec<u8>, bool)> = None;
     let mut examined = 0;
     for item in db.iterator(IteratorMode::From(&start, Direction::Forward)) {
         let (k, _) = item?;
@@ -101,14 +169,19 @@ pub(super) fn list(db: &DB, q: &ListQuery) -> Result<Page, Error> {
                 next_cursor: None,
             });
         };
-        if q.cursor.is_some() && *k == *start {
-            continue;
+        match &mut skip {
+            Start::After if *k == *start => continue,
+            Start::Pass(n) if *n > 0 && k.starts_with(&start) => {
+                *n -= 1;
+                continue;
+            }
+            _ => {}
         }
-        if records.len() >= q.limit || examined >= MAX_SCAN {
+        if records.len() >= q.limit || examined >= max_scan {
             break;
         }
         examined += 1;
-        last = Some(rest.to_vec());
+        last = Some((rest.to_vec(), false));
         let Some(id) = std::str::from_utf8(rest)
             .ok()
             .and_then(|r| r.split_once('/'))
@@ -128,11 +201,15 @@ pub(super) fn list(db: &DB, q: &ListQuery) -> Result<Page, Error> {
                 next_cursor: None,
             });
         }
-        if q.matches(&record) {
+        if q.matches(&record) && visible(&record) {
             records.push(record);
+            last = Some((rest.to_vec(), true));
         }
     }
-    let next_cursor = last.and_then(|l| String::from_utf8(l).ok()).map(Cursor);
+    let next_cursor = match last {
+        Some((key, returned)) => cursor_after(db, &key, returned)?,
+        None => None,
+    };
     Ok(Page {
         records,
         next_cursor,
@@ -291,9 +368,69 @@ mod tests {
         assert_eq!(ids(&page), ["old"]);
     }
 
+    #[tokio::test]
+    async fn a_page_cursor_never_names_a_stream_the_caller_may_not_see() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let demo = "demo:stream_ticks";
+        // Two streams of one microsecond, other owners' between the caller's.
+        let same = Utc::now() - chrono::Duration::seconds(5);
+        for (id, age) in [
+            ("mine-1", 1),
+            ("theirs-a", 5),
+            ("theirs-b", 5),
+            ("theirs-c", 7),
+            ("mine-2", 9),
+        ] {
+            let mut r = record(id, demo, StreamState::Running, age);
+            if age == 5 {
+                r.created_at = same;
+            }
+            store.put(&r, Durability::Buffered).await.unwrap();
+        }
+        let mine = |r: &StreamRecord| r.stream_id.starts_with("mine-");
+        // Pages that examine one entry each: most end on another owner's stream.
+        let (mut seen, mut cursors, mut cursor) = (Vec::new(), Vec::new(), None);
+        loop {
+            let q = ListQuery {
+                limit: 10,
+                cursor: cursor.clone(),
+                ..ListQuery::default()
+            };
+            let page = scan(&store.db, &q, &mine, 1).unwrap();
+            seen.extend(ids(&page).iter().map(|s| s.to_string()));
+            let Some(next) = page.next_cursor else { break };
+            assert!(
+                !next.as_str().contains("theirs"),
+                "cursor {next:?} names a hidden stream"
+            );
+            assert_eq!(Cursor::parse(next.as_str()).as_ref(), Some(&next));
+            cursors.push(next.as_str().to_owned());
+            cursor = Some(next);
+            assert!(
+                cursors.len() <= 5,
+                "a hidden cursor must move on: {cursors:?}"
+            );
+        }
+        assert_eq!(
+            seen,
+            ["mine-1", "mine-2"],
+            "each visible stream once, in order"
+        );
+        // A page per entry; the last one reaches the end of the index and needs no cursor.
+        assert_eq!(cursors.len(), 4, "{cursors:?}");
+        assert!(
+            cursors[1].ends_with("/#1") && cursors[2].ends_with("/#2"),
+            "{cursors:?}"
+        );
+    }
+
     #[test]
     fn only_cursors_the_store_could_issue_are_accepted() {
         assert!(Cursor::parse("09223370270000000000/abc-1.x_y").is_some());
+        assert!(Cursor::parse("09223370270000000000/#2").is_some());
+        assert!(Cursor::parse("09223370270000000000/#").is_none());
+        assert!(Cursor::parse("09223370270000000000/#x").is_none());
         for bad in [
             "",
             "abc",

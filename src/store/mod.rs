@@ -21,6 +21,7 @@ mod changelog;
 mod durable;
 pub use durable::DurableDoc;
 mod index;
+mod owners;
 
 pub use changelog::Applied;
 
@@ -99,8 +100,13 @@ pub struct StreamRecord {
     pub cursor: Option<Value>,
     /// The `seq` of the last chunk the cursor covers.
     pub cursor_seq: u64,
-    /// How many times a handler run has started.
+    /// Consecutive handler runs that stored nothing new: a run that finds more events in the
+    /// stream topic than the previous run started with counts as the first again, so crashes
+    /// of the process never exhaust a stream that makes progress.
     pub attempts: u32,
+    /// How many events the stream topic held when the counted run started (`attempts`' baseline).
+    #[serde(default)]
+    pub stored_at_attempt: u64,
     /// When the stream was registered.
     pub created_at: DateTime<Utc>,
     /// When the record last changed.
@@ -112,6 +118,10 @@ pub struct StreamRecord {
     /// before partitions were recorded; see [`StreamRecord::partition_in`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<i32>,
+    /// The Kafka topic holding the stream's events, named when it was registered. Absent in
+    /// records written before records named their topic: those streams keep the raw-id name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
 }
 
 impl StreamRecord {
@@ -127,10 +137,12 @@ impl StreamRecord {
             cursor: None,
             cursor_seq: 0,
             attempts: 0,
+            stored_at_attempt: 0,
             created_at: now,
             updated_at: now,
             finished_at: None,
             partition: None,
+            topic: None,
         }
     }
 
@@ -168,11 +180,12 @@ fn key(stream_id: &str) -> Vec<u8> {
     format!("{STREAM_PREFIX}{stream_id}").into_bytes()
 }
 
-/// Adds the deletion of a record's index entry to `batch` (nothing if the record is unreadable).
+/// Adds the deletion of a record's index entries to `batch` (nothing if the record is unreadable).
 fn unindex(db: &DB, stream_id: &str, batch: &mut rocksdb::WriteBatch) -> Result<(), Error> {
     if let Some(bytes) = db.get_pinned(key(stream_id))? {
         if let Ok(r) = decode(stream_id, &bytes) {
             batch.delete(index::index_key(&r));
+            owners::unindex(batch, &r);
         }
     }
     Ok(())
@@ -203,12 +216,24 @@ impl Store {
             source,
         })?;
         index::backfill(&db)?;
+        owners::backfill(&db)?;
         Ok(Store { db: Arc::new(db) })
     }
 
     /// One page of streams, newest first (see [`ListQuery`]).
     pub async fn list(&self, query: ListQuery) -> Result<Page, Error> {
-        self.blocking(move |db| index::list(db, &query)).await
+        self.list_visible(query, |_| true).await
+    }
+
+    /// One page of the streams `visible` accepts, newest first. Its cursor names no stream the
+    /// page leaves out, so paging reveals only what `visible` lets through.
+    pub async fn list_visible(
+        &self,
+        query: ListQuery,
+        visible: impl Fn(&StreamRecord) -> bool + Send + 'static,
+    ) -> Result<Page, Error> {
+        self.blocking(move |db| index::list(db, &query, &visible))
+            .await
     }
 
     async fn blocking<T: Send + 'static>(
@@ -250,12 +275,20 @@ impl Store {
             let mut batch = rocksdb::WriteBatch::default();
             batch.put(key(&record.stream_id), bytes);
             batch.put(index::index_key(&record), b"");
+            owners::index(&mut batch, &record);
             let mut wo = WriteOptions::default();
             wo.set_sync(durability == Durability::Sync);
             db.write_opt(batch, &wo)?;
             Ok(())
         })
         .await
+    }
+
+    /// How many unfinished streams `owner` has (counted up to `limit`), on every instance.
+    pub async fn active_streams(&self, owner: &str, limit: usize) -> Result<usize, Error> {
+        let owner = owner.to_owned();
+        self.blocking(move |db| owners::count(db, &owner, limit))
+            .await
     }
 
     /// Removes a stream's record.

@@ -158,6 +158,7 @@ impl Pool {
         };
         let mut record = StreamRecord::new(stream_id.as_str(), request);
         record.partition = Some(partition);
+        record.topic = Some(p.journal.topic_for(stream_id));
         if let Err(e) = p.records.register(&record).await {
             p.hub.remove(stream_id.as_str());
             self.budget.release(1);

@@ -88,6 +88,19 @@ struct Run<'a> {
     started: Instant,
     /// For `ResumeMode::AfterStored`: chunks the topic holds after the cursor.
     stored: Vec<Chunk>,
+    /// How many events the stream topic held when this run started (found on resume).
+    topic_events: u64,
+}
+
+/// The attempt number of a run that finds `topic_events` events stored, after `attempts` counted
+/// runs the last of which started with `stored_at_attempt`: a run after one that stored something
+/// is the first again.
+fn next_attempt(attempts: u32, stored_at_attempt: u64, topic_events: u64) -> u32 {
+    if attempts > 0 && topic_events > stored_at_attempt {
+        1
+    } else {
+        attempts.saturating_add(1)
+    }
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
@@ -149,6 +162,7 @@ impl Provider {
             w,
             started: Instant::now(),
             stored: Vec::new(),
+            topic_events: 0,
         };
         run.execute(&shutdown, launch).await;
     }
@@ -159,13 +173,22 @@ impl Provider {
     /// after the last event in its topic, unless that event is already terminal.
     pub async fn fail_unreadable(&self, id: &str) -> anyhow::Result<()> {
         let stream_id = StreamId::parse(id)?;
-        let topic = self.journal.topic_for(&stream_id);
-        let last = match self.reader.read_last(&topic).await {
-            Ok(last) => last,
-            Err(crate::kafka::reader::Error::UnknownTopic(_)) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        let Some(last) = last else {
+        // The record would name the topic; either naming may hold the stream.
+        let mut found = None;
+        for topic in [
+            self.journal.topic_for(&stream_id),
+            self.journal.legacy_topic_for(&stream_id),
+        ] {
+            match self.reader.read_last(&topic).await {
+                Ok(last) => {
+                    found = last.map(|l| (topic, l));
+                    break;
+                }
+                Err(crate::kafka::reader::Error::UnknownTopic(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some((topic, last)) = found else {
             return Ok(());
         };
         if last.state.is_terminal() {
@@ -212,8 +235,15 @@ impl Run<'_> {
         // A run that follows any earlier attempt, whatever the record says about checkpoints,
         // first finds what the topic already holds.
         let resuming = launch == Launch::Resume || self.w.record.attempts > 0;
-        self.w.record.attempts += 1;
         self.w.record.state = StreamState::Running;
+        if resuming && !self.resume_point(shutdown, mode).await {
+            return;
+        }
+        self.count_attempt();
+        // The attempt is counted durably before the handler runs: a stream whose runs keep taking
+        // the process down before storing anything reaches `resume_exhausted` instead of
+        // crash-looping it.
+        self.w.persist(Durability::Sync).await;
         if resuming {
             self.p.metrics.stream_resumed(
                 &service,
@@ -221,13 +251,7 @@ impl Run<'_> {
                 self.w.id.as_str(),
                 self.w.record.attempts,
             );
-            if !self.resume_point(shutdown, mode).await {
-                return;
-            }
         }
-        // The attempt is counted durably before the handler runs: a stream whose runs keep taking
-        // the process down reaches `resume_exhausted` instead of crash-looping it.
-        self.w.persist(Durability::Sync).await;
         self.p.metrics.stream_started(
             &service,
             &action,
@@ -275,6 +299,17 @@ impl Run<'_> {
         self.p.metrics.stream_inactive(&service, &action);
     }
 
+    /// Counts this run against the stream, unless the previous run stored something: a run that
+    /// finds more events in the topic than the previous one started with is the first of a new
+    /// count. So only runs that end (crash) before storing anything add up to
+    /// `provider.max_attempts`; unrelated crashes of the process never fail a stream that makes
+    /// progress.
+    fn count_attempt(&mut self) {
+        let r = &mut self.w.record;
+        r.attempts = next_attempt(r.attempts, r.stored_at_attempt, self.topic_events);
+        r.stored_at_attempt = self.topic_events;
+    }
+
     /// Finds what earlier runs stored, retrying with backoff while the topic cannot be read.
     /// Returns false when nothing should run: the stream had ended, or the process is stopping.
     async fn resume_point(&mut self, shutdown: &CancellationToken, mode: ResumeMode) -> bool {
@@ -298,7 +333,12 @@ impl Run<'_> {
     async fn create_topic(&mut self, shutdown: &CancellationToken) -> bool {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.p.journal.ensure_stream_topic(&self.w.id).await {
+            match self
+                .p
+                .journal
+                .ensure_stream_topic(&self.w.id, &self.w.topic)
+                .await
+            {
                 Ok(()) => return true,
                 Err(e) => {
                     tracing::warn!(stream_id = %self.w.id, error = %e, "stream topic not created; retrying");
@@ -321,12 +361,14 @@ impl Run<'_> {
         let last = self.p.reader.read_last_in(&self.w.topic, marks).await?;
         let Some(last) = last else {
             // Nothing stored: start from the beginning, `started` included.
+            self.topic_events = 0;
             self.w.record.next_seq = 0;
             self.w.record.cursor = None;
             self.w.record.cursor_seq = 0;
             return Ok(true);
         };
         let last_seq = last.envelope.seq.unwrap_or(0);
+        self.topic_events = last_seq + 1;
         if self.w.record.cursor_seq > last_seq {
             // A cursor ahead of the topic cannot be trusted: replay the handler from its start.
             tracing::warn!(stream_id = %self.w.id, cursor_seq = self.w.record.cursor_seq, topic_seq = last_seq, "checkpoint is ahead of the stream topic; restarting the handler from the beginning");
@@ -576,5 +618,24 @@ fn terminal_state(state: State) -> StreamState {
         State::Timeout => StreamState::Timeout,
         State::Cancelled => StreamState::Cancelled,
         _ => StreamState::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_attempt;
+
+    #[test]
+    fn only_runs_that_stored_nothing_add_up() {
+        // The first run, and a resume of a stream that never ran.
+        assert_eq!(next_attempt(0, 0, 0), 1);
+        assert_eq!(next_attempt(0, 0, 7), 1);
+        // The previous run stored nothing new: counted.
+        assert_eq!(next_attempt(1, 0, 0), 2);
+        assert_eq!(next_attempt(3, 12, 12), 4);
+        // The previous run stored something: a new count.
+        assert_eq!(next_attempt(4, 12, 13), 1);
+        assert_eq!(next_attempt(1, 0, 1), 1);
+        assert_eq!(next_attempt(u32::MAX, 5, 5), u32::MAX);
     }
 }

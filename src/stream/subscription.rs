@@ -127,7 +127,7 @@ impl Subscriptions {
                 return Err(Error::NotFound(id.to_string()));
             }
         }
-        let topic = self.journal.topic_for(id);
+        let topic = self.topic(id).await?;
         let mut marks = self.resume_range(id, &topic, live.is_some(), after).await?;
         let start = after.map_or(0, |a| a + 1);
         if let Some(a) = after.filter(|a| *a >= marks.high && *a >= 0) {
@@ -155,6 +155,15 @@ impl Subscriptions {
         match self.store.get(id.as_str()).await {
             Ok(r) => Ok(r.is_some()),
             Err(store::Error::Corrupt { .. }) => Ok(true),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The stream's topic: the one its record names (a stream registering now has the new name).
+    pub async fn topic(&self, id: &StreamId) -> Result<String, Error> {
+        match self.store.get(id.as_str()).await {
+            Ok(r) => Ok(self.journal.topic_of(id, r.as_ref())),
+            Err(store::Error::Corrupt { .. }) => Ok(self.journal.topic_for(id)),
             Err(e) => Err(e.into()),
         }
     }

@@ -103,7 +103,7 @@ impl StreamWriter {
         live: Arc<LiveStream>,
     ) -> StreamWriter {
         StreamWriter {
-            topic: journal.topic_for(&id),
+            topic: journal.topic_of(&id, Some(&record)),
             requested: record.request.event_type.clone(),
             txn,
             records,

@@ -124,7 +124,7 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
     s.http.listen = "127.0.0.1:0".parse().unwrap();
     s.grpc.listen = "127.0.0.1:0".parse().unwrap();
     s.kafka.brokers = brokers();
-    s.kafka.stream_topic_prefix = format!("sluice.test.{tag}.");
+    s.kafka.stream_topic_prefix = format!("sluice.test.{tag}.stream.");
     s.intake.topic = format!("sluice.test.{tag}.requests");
     s.intake.dlq_topic = format!("sluice.test.{tag}.dlq");
     s.intake.group_id = format!("sluice-test-{tag}");
@@ -343,12 +343,25 @@ impl SseClient {
         }
     }
 
+    /// [`SseClient::connect`] with a bearer token.
+    pub async fn connect_with(url: &str, token: &str) -> SseClient {
+        let req = reqwest::Client::new().get(url).bearer_auth(token);
+        match SseClient::open(req).await {
+            Ok(c) => c,
+            Err(e) => panic!("SSE subscribe to {url}: {e}"),
+        }
+    }
+
     /// [`SseClient::connect`], with a failed connection or a status other than 200 as an error.
     pub async fn try_connect(url: &str, last_event_id: Option<i64>) -> Result<SseClient, String> {
         let mut req = reqwest::Client::new().get(url);
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id.to_string());
         }
+        SseClient::open(req).await
+    }
+
+    async fn open(req: reqwest::RequestBuilder) -> Result<SseClient, String> {
         let resp = req.send().await.map_err(|e| e.to_string())?;
         if resp.status() != 200 {
             let status = resp.status();

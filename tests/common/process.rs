@@ -54,7 +54,7 @@ listen = "127.0.0.1:0"
 listen = "127.0.0.1:0"
 [kafka]
 brokers = "{brokers}"
-stream_topic_prefix = "sluice.test.{tag}."
+stream_topic_prefix = "sluice.test.{tag}.stream."
 [intake]
 topic = "sluice.test.{tag}.requests"
 dlq_topic = "sluice.test.{tag}.dlq"

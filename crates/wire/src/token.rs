@@ -72,6 +72,9 @@ pub struct Claims {
     /// Full access.
     #[serde(default)]
     pub admin: bool,
+    /// Expiry, in seconds since the epoch (required and checked by the verifier).
+    #[serde(default)]
+    pub exp: Option<i64>,
 }
 
 /// Who is calling and what they may do.
@@ -81,6 +84,7 @@ pub struct Identity {
     streams: Vec<String>,
     types: Vec<String>,
     admin: bool,
+    expires_at: Option<i64>,
 }
 
 impl Identity {
@@ -91,6 +95,7 @@ impl Identity {
             streams: Vec::new(),
             types: Vec::new(),
             admin: true,
+            expires_at: None,
         }
     }
 
@@ -117,7 +122,14 @@ impl Identity {
             streams: claims.streams,
             types: claims.types,
             admin: claims.admin,
+            expires_at: claims.exp,
         })
+    }
+
+    /// When the token that granted this identity stops being accepted (its `exp` plus the
+    /// leeway), in seconds since the epoch; `None` for a static token or no authentication.
+    pub fn expires_at(&self) -> Option<i64> {
+        self.expires_at
     }
 
     /// The subject, recorded as the owner of streams this identity requests.
@@ -276,7 +288,13 @@ impl Keyring {
         let mut last = None;
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
-                Ok(data) => return Identity::from_claims(data.claims),
+                Ok(data) => {
+                    let mut identity = Identity::from_claims(data.claims)?;
+                    identity.expires_at = identity
+                        .expires_at
+                        .map(|t| t.saturating_add(policy.leeway_secs.min(i64::MAX as u64) as i64));
+                    return Ok(identity);
+                }
                 Err(e) => last = Some(e),
             }
         }

@@ -46,7 +46,7 @@ fn at(pos: i64) -> Offset {
 
 /// Reads the stream's events from `from` to the topic's end.
 async fn read(state: &Shared, id: &StreamId, from: Offset) -> Result<Batch, ApiError> {
-    let topic = state.subs.journal.topic_for(id);
+    let topic = state.subs.topic(id).await?;
     let high = match state.subs.reader.watermarks(&topic).await {
         Ok(m) => m.high,
         Err(reader::Error::UnknownTopic(_)) => 0,
@@ -101,12 +101,8 @@ async fn registered(state: &Shared, id: &StreamId) -> bool {
 
 /// Where the stream's topic ends now.
 async fn tail(state: &Shared, id: &StreamId) -> Result<Offset, ApiError> {
-    match state
-        .subs
-        .reader
-        .watermarks(&state.subs.journal.topic_for(id))
-        .await
-    {
+    let topic = state.subs.topic(id).await?;
+    match state.subs.reader.watermarks(&topic).await {
         Ok(m) => Ok(at(m.high)),
         Err(reader::Error::UnknownTopic(_)) => Ok(Offset::ZERO),
         Err(e) => Err(ApiError::Unavailable(e.to_string())),

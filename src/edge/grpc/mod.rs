@@ -159,12 +159,13 @@ impl GrpcServer {
         };
         let limits = &self.state.limits;
         // The HTTP edge's limits, in gRPC terms: time to a response head, concurrent calls per
-        // connection, and pings that drop a peer which stopped answering.
+        // connection, pings that drop a peer which stopped answering, and the header list size.
         tonic::transport::Server::builder()
             .timeout(limits.request_timeout)
             .max_concurrent_streams(limits.max_streams_per_connection)
             .http2_keepalive_interval(Some(limits.ws_idle_timeout / 3))
             .http2_keepalive_timeout(Some(limits.ws_idle_timeout / 3))
+            .http2_max_header_list_size(u32::try_from(limits.max_header_bytes).ok())
             .add_service(health)
             .add_service(reflection)
             .add_service(InterceptedService::new(streams, auth))

@@ -58,6 +58,12 @@ fn a_valid_hs256_token_grants_its_claims() {
     assert!(!id.may_access("conv457-a", None));
     assert!(id.may_access("mine", Some("alice")));
     assert!(!id.may_access("theirs", Some("bob")));
+    let exp = good(json!({}))["exp"].as_i64().unwrap();
+    assert!(
+        (exp + 4..=exp + 5).contains(&id.expires_at().unwrap()),
+        "exp plus the leeway"
+    );
+    assert_eq!(Identity::admin().expires_at(), None);
     assert!(id.may_request("chat:stream_messages"));
     assert!(!id.may_request("billing:stream_invoices"));
 }
