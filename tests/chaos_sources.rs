@@ -36,7 +36,7 @@ async fn wait_finished(p: &Proc, ids: &[String]) {
             let st = p.status(id).await;
             if st["state"] != "running" && st["state"] != "pending" {
                 assert_eq!(st["state"], "success", "{id}: {st}");
-                resumed += usize::from(st["attempts"].as_u64().unwrap_or(0) > 1);
+                resumed += usize::from(st["runs"].as_u64().unwrap_or(0) > 1);
                 break;
             }
             assert!(tokio::time::Instant::now() < deadline, "{id}: {st}");

@@ -200,7 +200,7 @@ async fn killing_an_owner_moves_its_streams_and_every_topic_stays_exact() {
     let resumed = {
         let mut n = 0;
         for id in &victims {
-            if procs[0].status(id).await["attempts"].as_u64().unwrap_or(0) > 1 {
+            if procs[0].status(id).await["runs"].as_u64().unwrap_or(0) > 1 {
                 n += 1;
             }
         }

@@ -120,6 +120,7 @@ pub fn summary(state: &Shared, record: &StreamRecord, full: bool) -> serde_json:
     if full {
         if let (Some(map), Ok(id)) = (body.as_object_mut(), StreamId::parse(&record.stream_id)) {
             map.insert("attempts".into(), json!(record.attempts));
+            map.insert("runs".into(), json!(record.runs));
             map.insert("partition".into(), json!(record.partition));
             map.insert("cursor".into(), json!(record.cursor));
             map.insert("links".into(), links(&id));

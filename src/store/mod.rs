@@ -107,6 +107,9 @@ pub struct StreamRecord {
     /// How many events the stream topic held when the counted run started (`attempts`' baseline).
     #[serde(default)]
     pub stored_at_attempt: u64,
+    /// How many handler runs have started in all (never reset).
+    #[serde(default)]
+    pub runs: u32,
     /// When the stream was registered.
     pub created_at: DateTime<Utc>,
     /// When the record last changed.
@@ -138,6 +141,7 @@ impl StreamRecord {
             cursor_seq: 0,
             attempts: 0,
             stored_at_attempt: 0,
+            runs: 0,
             created_at: now,
             updated_at: now,
             finished_at: None,

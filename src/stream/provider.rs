@@ -308,6 +308,7 @@ impl Run<'_> {
         let r = &mut self.w.record;
         r.attempts = next_attempt(r.attempts, r.stored_at_attempt, self.topic_events);
         r.stored_at_attempt = self.topic_events;
+        r.runs = r.runs.saturating_add(1);
     }
 
     /// Finds what earlier runs stored, retrying with backoff while the topic cannot be read.
