@@ -182,15 +182,22 @@ impl Subscriptions {
         high: i64,
     ) -> Result<i64, Error> {
         let ahead = |newest| Error::ResumePointAhead { after, newest };
-        if self
-            .hub
-            .get(id.as_str())
-            .is_some_and(|s| s.last_offset() >= 0)
-        {
-            return Err(ahead(high - 1));
-        }
+        // A run here that has published knows its newest offset; one that has not published yet
+        // may do so while Kafka is asked again, so it is looked at before every ask.
+        let published_here = || {
+            self.hub
+                .get(id.as_str())
+                .map(|s| s.last_offset())
+                .filter(|o| *o >= 0)
+        };
         let mut newest = high - 1;
-        for ms in [100, 200, 400, 800, 500] {
+        for ms in [0, 100, 200, 400, 800, 500] {
+            if let Some(last) = published_here() {
+                if after > last {
+                    return Err(ahead(last.max(newest)));
+                }
+                return Ok(last + 1);
+            }
             tokio::time::sleep(Duration::from_millis(ms)).await;
             match self.reader.watermarks(topic).await {
                 Ok(m) if after < m.high => return Ok(m.high),
