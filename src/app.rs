@@ -249,6 +249,9 @@ impl App {
             .await
             .with_context(|| format!("bind http.listen {}", settings.http.listen))?;
         let addr = listener.local_addr()?;
+        if let Some(d) = &edge.durable {
+            d.set_listen_addr(addr);
+        }
         let grpc = GrpcServer::bind(settings.grpc.listen, edge.clone())
             .await
             .with_context(|| format!("bind grpc.listen {}", settings.grpc.listen))?;

@@ -14,6 +14,11 @@ fn url(app: &TestApp, name: &str) -> String {
     app.url(&format!("/ds/v1/stream/{name}"))
 }
 
+async fn read_etag(app: &TestApp, name: &str) -> String {
+    let res = app.http.get(url(app, name)).send().await.unwrap();
+    res.headers()["etag"].to_str().unwrap().to_owned()
+}
+
 /// `method` on stream `name` with a content type and a body.
 async fn send(
     app: &TestApp,
@@ -31,20 +36,25 @@ async fn send(
         .unwrap()
 }
 
-async fn topic_of(app: &TestApp, name: &str) -> String {
-    // The ETag names the incarnation's topic: `"<topic>:<from>:<to>"`.
-    let res = app.http.get(url(app, name)).send().await.unwrap();
-    let etag = res.headers()["etag"]
-        .to_str()
-        .unwrap()
-        .trim_matches('"')
-        .to_owned();
-    etag.split(':').next().unwrap().to_owned()
+/// Starts Sluice with a Durable Streams topic prefix of the test's own.
+async fn start_ds(tweak: impl FnOnce(&mut sluice::Settings)) -> TestApp {
+    start(|s| {
+        s.durable.topic_prefix = unique("sluice.test-ds.") + ".";
+        tweak(s)
+    })
+    .await
+}
+
+/// The one Durable Streams topic of `app` (each test's streams have a prefix of their own).
+async fn topic_of(app: &TestApp) -> String {
+    let topics = topics_with_prefix(&app.settings.durable.topic_prefix);
+    assert_eq!(topics.len(), 1, "{topics:?}");
+    topics[0].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_append_is_one_record_in_the_streams_own_topic() {
-    let app = start(|_| {}).await;
+    let app = start_ds(|_| {}).await;
     let name = unique("kafka-");
     let res = send(
         &app,
@@ -70,11 +80,15 @@ async fn every_append_is_one_record_in_the_streams_own_topic() {
         r#"[{"n":0},{"n":1},{"n":2},[3]]"#
     );
 
-    let topic = topic_of(&app, &name).await;
+    // The topic has the Durable Streams prefix, not the stream prefix, and the ETag names none.
+    let topic = topic_of(&app).await;
     assert!(
-        topic.starts_with(&app.settings.kafka.stream_topic_prefix),
+        !topic.starts_with(&app.settings.kafka.stream_topic_prefix),
         "{topic}"
     );
+    let etag = read_etag(&app, &name).await;
+    let incarnation = topic.trim_start_matches(&app.settings.durable.topic_prefix);
+    assert!(!etag.contains(incarnation), "{etag} names {topic}");
     let records = read_partition(&topic, 0).await;
     let payloads: Vec<String> = records
         .iter()
@@ -93,7 +107,7 @@ async fn every_append_is_one_record_in_the_streams_own_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_up_to_max_append_bytes_are_one_record_and_larger_ones_are_413() {
-    let app = start(|s| s.durable.max_append_bytes = 2 * 1024 * 1024).await;
+    let app = start_ds(|s| s.durable.max_append_bytes = 2 * 1024 * 1024).await;
     let name = unique("big-");
     let res = send(
         &app,
@@ -134,7 +148,7 @@ async fn appends_up_to_max_append_bytes_are_one_record_and_larger_ones_are_413()
     let got = read.bytes().await.unwrap();
     assert_eq!(got.len(), 3 * 1024 * 1024);
     assert!(got[..1024 * 1024] == big[..1024 * 1024] && got[1024 * 1024..] == big[..]);
-    let records = read_partition(&topic_of(&app, &name).await, 0).await;
+    let records = read_partition(&topic_of(&app).await, 0).await;
     let sizes: Vec<usize> = records.iter().map(|m| m.payload().unwrap().len()).collect();
     assert_eq!(
         sizes,
@@ -146,7 +160,7 @@ async fn appends_up_to_max_append_bytes_are_one_record_and_larger_ones_are_413()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_at_the_tail_wakes_on_an_append_and_times_out_without_one() {
-    let app = start(|s| s.durable.long_poll_timeout = Duration::from_secs(10)).await;
+    let app = start_ds(|s| s.durable.long_poll_timeout = Duration::from_secs(10)).await;
     let name = unique("poll-");
     let res = send(&app, reqwest::Method::PUT, &name, "text/plain", "").await;
     let tail = res.headers()["stream-next-offset"]
@@ -176,7 +190,7 @@ async fn a_long_poll_at_the_tail_wakes_on_an_append_and_times_out_without_one() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_stream_is_gone_and_its_name_starts_over_in_a_new_topic() {
-    let app = start(|_| {}).await;
+    let app = start_ds(|_| {}).await;
     let name = unique("del-");
     let put = |body: &'static str| {
         app.http
@@ -186,7 +200,7 @@ async fn a_deleted_stream_is_gone_and_its_name_starts_over_in_a_new_topic() {
             .send()
     };
     assert_eq!(put("old").await.unwrap().status(), 201);
-    let old_topic = topic_of(&app, &name).await;
+    let old_topic = topic_of(&app).await;
     let del = app.http.delete(url(&app, &name)).send().await.unwrap();
     assert_eq!(del.status(), 204);
     let gone = app.http.get(url(&app, &name)).send().await.unwrap();
@@ -194,15 +208,15 @@ async fn a_deleted_stream_is_gone_and_its_name_starts_over_in_a_new_topic() {
     assert_eq!(put("new").await.unwrap().status(), 201);
     let read = app.http.get(url(&app, &name)).send().await.unwrap();
     assert_eq!(read.text().await.unwrap(), "new");
-    assert_ne!(topic_of(&app, &name).await, old_topic);
-    // The old incarnation's topic is deleted.
+    // The old incarnation's topic is deleted; the new one has a topic of its own.
     wait_until(|| async { !topic_exists(&old_topic) }).await;
+    assert_ne!(topic_of(&app).await, old_topic);
     app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_and_their_producers_survive_a_restart() {
-    let app = start(|_| {}).await;
+    let app = start_ds(|_| {}).await;
     let name = unique("restart-");
     let post = |app: &TestApp, seq: u64, body: &'static str| {
         app.http
@@ -218,7 +232,7 @@ async fn streams_and_their_producers_survive_a_restart() {
     assert_eq!(res.status(), 201);
     assert_eq!(post(&app, 0, "a").await.unwrap().status(), 200);
     assert_eq!(post(&app, 1, "b").await.unwrap().status(), 200);
-    let settings = app.settings.clone();
+    let mut settings = app.settings.clone();
     let dir = app.shutdown().await;
     {
         // A crash after Kafka acknowledged the last append but before its metadata was saved:
@@ -235,6 +249,8 @@ async fn streams_and_their_producers_survive_a_restart() {
         let mut doc: serde_json::Value = serde_json::from_slice(&doc).unwrap();
         assert_eq!(doc["meta"]["producers"]["p1"]["seq"], 1);
         doc["meta"]["producers"] = serde_json::json!({});
+        // Saved before streams had owners: no `owner` at all.
+        doc["meta"].as_object_mut().unwrap().remove("owner");
         store
             .durable_put(
                 sluice::store::DurableDoc::Stream,
@@ -246,6 +262,9 @@ async fn streams_and_their_producers_survive_a_restart() {
             .unwrap();
     }
 
+    // Restarted with another topic prefix: the stream is read from the topic its metadata names.
+    let old_prefix = settings.durable.topic_prefix.clone();
+    settings.durable.topic_prefix = unique("sluice.test-ds.") + ".";
     let app = start_exact(settings, dir, sluice::Registry::new()).await;
     let read = app.http.get(url(&app, &name)).send().await.unwrap();
     assert_eq!(read.status(), 200);
@@ -258,5 +277,210 @@ async fn streams_and_their_producers_survive_a_restart() {
     assert_eq!(post(&app, 2, "c").await.unwrap().status(), 200);
     let read = app.http.get(url(&app, &name)).send().await.unwrap();
     assert_eq!(read.text().await.unwrap(), "abc");
+    assert_eq!(
+        topics_with_prefix(&old_prefix).len(),
+        1,
+        "still the old topic"
+    );
+    let fresh = unique("fresh-");
+    let res = send(&app, reqwest::Method::PUT, &fresh, "text/plain", "").await;
+    assert_eq!(res.status(), 201);
+    let new_topics = topics_with_prefix(&app.settings.durable.topic_prefix);
+    assert_eq!(new_topics.len(), 1, "a new stream takes the new prefix");
+    app.shutdown().await;
+}
+
+/// Sends `head` (and `body`) on a raw connection and returns the status line of the answer,
+/// which must come within `within` while the connection is left open.
+async fn raw_status(app: &TestApp, head: &str, body: &[u8], within: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(body).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        while !got.windows(2).any(|w| w == b"\r\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed without an answer");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("an answer in time");
+    let text = String::from_utf8_lossy(&got).into_owned();
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_are_refused_by_length_before_they_are_read_and_must_arrive_in_time() {
+    let app = start_ds(|s| {
+        s.durable.max_append_bytes = 64 * 1024;
+        s.limits.request_timeout = Duration::from_secs(1);
+        s.durable.long_poll_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let name = unique("limit-");
+    let res = send(&app, reqwest::Method::PUT, &name, "text/plain", "").await;
+    assert_eq!(res.status(), 201);
+    let path = format!("/ds/v1/stream/{name}");
+    // A declared 20 MiB body: refused from its head, none of the body sent.
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: 20971520\r\n\r\n"
+    );
+    let status = raw_status(&app, &head, b"", Duration::from_secs(10)).await;
+    assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
+    // A chunked body past the limit, never finished: refused once the limit is passed.
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    let chunk = format!("{:x}\r\n{}\r\n", 16 * 1024, "y".repeat(16 * 1024));
+    let body = chunk.repeat(5);
+    let status = raw_status(&app, &head, body.as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
+    // A body that stops arriving: 408 after limits.request_timeout.
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: 100\r\n\r\n"
+    );
+    let status = raw_status(&app, &head, b"only ten b", Duration::from_secs(10)).await;
+    assert_eq!(status, "HTTP/1.1 408 Request Timeout");
+    // A long-poll still waits its own timeout, past the request timeout.
+    let tail = read_tail(&app, &name).await;
+    let started = std::time::Instant::now();
+    let poll = app
+        .http
+        .get(format!("{}?offset={tail}&live=long-poll", url(&app, &name)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(poll.status(), 204);
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Nothing was appended by any of it.
+    let read = app.http.get(url(&app, &name)).send().await.unwrap();
+    assert_eq!(read.text().await.unwrap(), "");
+    let metrics = app.metrics_text().await;
+    for reason in ["too_large", "request_timeout"] {
+        let line = format!("sluice_edge_rejected_total{{reason=\"{reason}\"}}");
+        assert!(metrics.contains(&line), "{line}");
+    }
+    app.shutdown().await;
+}
+
+async fn read_tail(app: &TestApp, name: &str) -> String {
+    let res = app.http.head(url(app, name)).send().await.unwrap();
+    res.headers()["stream-next-offset"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_paths_are_bounded_in_bytes_and_depth() {
+    let app = start_ds(|_| {}).await;
+    let long = "x".repeat(1025);
+    let deep = vec!["d"; 65].join("/");
+    for (name, why) in [
+        (long.as_str(), "stream path longer than 1024 bytes"),
+        (deep.as_str(), "stream path deeper than 64 segments"),
+    ] {
+        let res = send(&app, reqwest::Method::PUT, name, "text/plain", "").await;
+        assert_eq!(res.status(), 400);
+        assert_eq!(res.text().await.unwrap(), why);
+    }
+    let longest = "x".repeat(1024);
+    let res = send(&app, reqwest::Method::PUT, &longest, "text/plain", "").await;
+    assert_eq!(res.status(), 201);
+    assert!(app
+        .metrics_text()
+        .await
+        .contains(r#"sluice_edge_rejected_total{reason="ds_bad_path"} 2"#));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_per_stream_are_bounded_and_their_table_counts_as_bytes() {
+    let app = start_ds(|s| {
+        s.durable.max_producers_per_stream = 3;
+        s.durable.max_stream_bytes = 500;
+    })
+    .await;
+    let name = unique("producers-");
+    let res = send(&app, reqwest::Method::PUT, &name, "text/plain", "").await;
+    assert_eq!(res.status(), 201);
+    let post = |id: String, seq: u64| {
+        app.http
+            .post(url(&app, &name))
+            .header("content-type", "text/plain")
+            .header("producer-id", id)
+            .header("producer-epoch", "0")
+            .header("producer-seq", seq.to_string())
+            .body("x")
+            .send()
+    };
+    // An id of 250 bytes counts 314 bytes: with 315 held, a second such passes 500.
+    assert_eq!(post("p".repeat(250), 0).await.unwrap().status(), 200);
+    let full = post("q".repeat(250), 0).await.unwrap();
+    assert_eq!(full.status(), 413);
+    assert_eq!(full.text().await.unwrap(), "stream is full");
+    assert_eq!(post("p2".into(), 0).await.unwrap().status(), 200);
+    assert_eq!(post("p3".into(), 0).await.unwrap().status(), 200);
+    let over = post("p4".into(), 0).await.unwrap();
+    assert_eq!(over.status(), 400);
+    assert_eq!(
+        over.text().await.unwrap(),
+        "too many producers on this stream (durable.max_producers_per_stream)"
+    );
+    // Known producers go on.
+    assert_eq!(post("p2".into(), 1).await.unwrap().status(), 200);
+    let read = app.http.get(url(&app, &name)).send().await.unwrap();
+    assert_eq!(read.text().await.unwrap(), "xxxx");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_bodies_are_served_inertly() {
+    let app = start_ds(|s| s.durable.long_poll_timeout = Duration::from_millis(200)).await;
+    let name = unique("html-");
+    let script = "<script>alert(document.cookie)</script>";
+    let res = send(&app, reqwest::Method::PUT, &name, "text/html", script).await;
+    assert_eq!(res.status(), 201);
+    let tail = read_tail(&app, &name).await;
+    let u = url(&app, &name);
+    for (what, req) in [
+        ("GET", app.http.get(&u)),
+        ("HEAD", app.http.head(&u)),
+        (
+            "long-poll",
+            app.http.get(format!("{u}?offset={tail}&live=long-poll")),
+        ),
+        ("SSE", app.http.get(format!("{u}?offset=-1&live=sse"))),
+    ] {
+        let res = req.send().await.unwrap();
+        assert!(res.status().is_success(), "{what}: {}", res.status());
+        let h = res.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{what}");
+        assert_eq!(h["content-security-policy"], "sandbox", "{what}");
+        if what == "GET" || what == "HEAD" {
+            assert_eq!(h["content-type"], "text/html", "{what}");
+            assert_eq!(h["content-disposition"], "attachment", "{what}");
+        }
+    }
+    let plain = unique("plain-");
+    let res = send(
+        &app,
+        reqwest::Method::PUT,
+        &plain,
+        "application/json",
+        "[1]",
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let res = app.http.get(url(&app, &plain)).send().await.unwrap();
+    assert!(res.headers().get("content-disposition").is_none());
+    assert_eq!(res.headers()["content-security-policy"], "sandbox");
     app.shutdown().await;
 }

@@ -127,15 +127,25 @@ pub fn router(state: Shared) -> Router {
         Some(layer) => router.layer(layer),
         None => router,
     };
-    // Outside the request timeout (a long-poll answers when its own timeout says) and CORS
-    // (Durable Streams responses carry their own CORS headers); behind authentication.
+    // Outside the request timeout (a long-poll answers when its own timeout says; Durable
+    // Streams bound their request bodies by it); behind authentication, inside the edge's CORS
+    // policy widened to the protocol's methods and headers.
     let durable = state.durable.clone();
     let auth = middleware::from_fn_with_state(state.clone(), authenticate);
+    let (ds_cors, timeout) = (
+        cors(&state.edge).map(durable::cors),
+        state.limits.request_timeout,
+    );
     let router = router.with_state(state);
     match durable {
-        Some(d) => router
-            .merge(durable::routes(d.clone()).route_layer(auth))
-            .merge(durable::token_routes(d)),
+        Some(d) => {
+            let ds = durable::routes(d.clone(), timeout).route_layer(auth);
+            let tokens = durable::token_routes(d);
+            match ds_cors {
+                Some(c) => router.merge(ds.layer(c.clone())).merge(tokens.layer(c)),
+                None => router.merge(ds).merge(tokens),
+            }
+        }
         None => router,
     }
 }

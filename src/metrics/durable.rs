@@ -12,8 +12,9 @@ const KINDS: [&str; 2] = ["webhook", "pull_wake"];
 /// Webhook results, and an unwritten wake event.
 const RESULTS: [&str; 3] = ["delivered", "failed", "wake_unwritten"];
 /// The protocol's subscription error codes; anything else counts as `other`.
-const CODES: [&str; 10] = [
+const CODES: [&str; 11] = [
     "INVALID_REQUEST",
+    "FORBIDDEN",
     "SUBSCRIPTION_NOT_FOUND",
     "SUBSCRIPTION_ALREADY_EXISTS",
     "WEBHOOK_URL_REJECTED",

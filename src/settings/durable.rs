@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 /// The largest `durable.max_append_bytes`.
 pub const MAX_APPEND_LIMIT: usize = 16 * 1024 * 1024;
+/// The longest `durable.topic_prefix`: a topic is the prefix and 32 hex digits, within Kafka's 249.
+const MAX_TOPIC_PREFIX: usize = 100;
 
 /// `[durable]`
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -32,9 +34,15 @@ pub struct DurableSettings {
     /// Most bytes all streams hold in memory together; appends past it get 507.
     pub max_total_bytes: usize,
     /// The URL clients reach this server's base path at (`https://streams.example.com/ds`), for
-    /// the callback and key URLs subscriptions hand out. Empty: `http://` + the request's `Host`
-    /// + `base_path`.
+    /// `Location` and the callback and key URLs subscriptions hand out. Empty: `http://` + the
+    /// bound `http.listen` address + `base_path` (development); never the request's `Host`.
     pub public_url: String,
+    /// Prefix of Durable Streams topics (`<prefix><uuid>`): disjoint from
+    /// `kafka.stream_topic_prefix`, so no Sluice stream id can name a Durable Stream's topic.
+    pub topic_prefix: String,
+    /// Most idempotent producers (`Producer-Id`s) one stream remembers; a new one past it is
+    /// refused (400 `too many producers`), since forgetting one would break its retries.
+    pub max_producers_per_stream: usize,
     /// Most subscriptions at once; creations past it get 503.
     pub max_subscriptions: usize,
     /// Most explicit streams one subscription names.
@@ -59,6 +67,8 @@ impl Default for DurableSettings {
             max_streams: 10_000,
             max_total_bytes: 1024 * 1024 * 1024,
             public_url: String::new(),
+            topic_prefix: "sluice.ds.".into(),
+            max_producers_per_stream: 1_024,
             max_subscriptions: 1_000,
             max_subscription_streams: 1_000,
             webhook_allow_localhost: false,
@@ -109,6 +119,10 @@ impl DurableSettings {
             ("durable.max_total_bytes", self.max_total_bytes),
             ("durable.max_subscriptions", self.max_subscriptions),
             (
+                "durable.max_producers_per_stream",
+                self.max_producers_per_stream,
+            ),
+            (
                 "durable.max_subscription_streams",
                 self.max_subscription_streams,
             ),
@@ -128,6 +142,80 @@ impl DurableSettings {
                 "must be empty or an http(s) URL with no trailing slash",
             ));
         }
+        let prefix = &self.topic_prefix;
+        let prefix_ok = !prefix.is_empty()
+            && prefix.len() <= MAX_TOPIC_PREFIX
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !prefix_ok {
+            return Err(invalid(
+                "durable.topic_prefix",
+                "must be 1-100 characters of [A-Za-z0-9._-]",
+            ));
+        }
         Ok(())
+    }
+
+    /// Checks that Durable Streams topics and Sluice's stream topics can never share a name:
+    /// neither prefix may be a prefix of the other.
+    pub(super) fn validate_disjoint(&self, stream_prefix: &str) -> Result<(), super::Error> {
+        let ds = &self.topic_prefix;
+        if ds.starts_with(stream_prefix) || stream_prefix.starts_with(ds.as_str()) {
+            return Err(super::Error::Invalid {
+                key: "durable.topic_prefix",
+                reason: format!(
+                    "must be disjoint from kafka.stream_topic_prefix {stream_prefix:?} \
+                     (neither may be a prefix of the other)"
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::settings::Settings;
+
+    fn refusal(tweak: impl FnOnce(&mut Settings)) -> String {
+        let mut s = Settings::default();
+        tweak(&mut s);
+        s.validate()
+            .map_or_else(|e| e.to_string(), |_| "accepted".into())
+    }
+
+    #[test]
+    fn topic_prefixes_must_be_legal_and_disjoint_from_the_stream_prefix() {
+        assert_eq!(refusal(|_| {}), "accepted");
+        for bad in ["", "bad/prefix", "sp ace.", &"x".repeat(101)] {
+            let err = refusal(|s| s.durable.topic_prefix = bad.to_owned());
+            assert!(err.contains("durable.topic_prefix"), "{bad:?}: {err}");
+        }
+        for (stream, ds) in [
+            ("sluice.", "sluice.ds."),
+            ("sluice.ds.x.", "sluice.ds."),
+            ("same.", "same."),
+        ] {
+            let err = refusal(|s| {
+                s.kafka.stream_topic_prefix = stream.into();
+                s.durable.topic_prefix = ds.into();
+            });
+            assert!(
+                err.contains("durable.topic_prefix") && err.contains("disjoint"),
+                "{stream} / {ds}: {err}"
+            );
+        }
+        let ok = refusal(|s| {
+            s.kafka.stream_topic_prefix = "sluice.".into();
+            s.durable.topic_prefix = "sluice.ds.".into();
+            s.durable.enabled = false;
+        });
+        assert_eq!(
+            ok, "accepted",
+            "only checked while Durable Streams are served"
+        );
+        let err = refusal(|s| s.durable.max_producers_per_stream = 0);
+        assert!(err.contains("durable.max_producers_per_stream"), "{err}");
     }
 }

@@ -146,6 +146,9 @@ impl Settings {
                 "must be at most 49 characters of [A-Za-z0-9._-]",
             ));
         }
+        if self.durable.enabled {
+            self.durable.validate_disjoint(prefix)?;
+        }
         if k.stream_topic_replication < 1 {
             return Err(invalid(
                 "kafka.stream_topic_replication",

@@ -590,6 +590,25 @@ pub fn topic_exists(topic: &str) -> bool {
         .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
 }
 
+/// The broker's topics whose names start with `prefix`, sorted.
+pub fn topics_with_prefix(prefix: &str) -> Vec<String> {
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    let mut names: Vec<String> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name().starts_with(prefix) && t.error().is_none())
+        .map(|t| t.name().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// The JSON value of a Kafka message.
 pub fn json_of(m: &rdkafka::message::OwnedMessage) -> Value {
     use rdkafka::Message;

@@ -7,10 +7,14 @@ use axum::body::{Body, Bytes};
 use axum::http::StatusCode;
 use axum::response::Response;
 
+use super::access::{SubOwner, Verb};
 use super::offset::Offset;
 use super::reply::{self, Req};
-use super::state::{self, ClosedBy, Entry, ProducerState, State};
+use super::state::{self, ClosedBy, Entry, ProducerState, State, PRODUCER_OVERHEAD};
 use super::{now_ms, Durable, Found};
+
+/// Longest `Producer-Id`, bytes.
+const MAX_PRODUCER_ID: usize = 256;
 
 /// An idempotent producer's headers.
 #[derive(Clone)]
@@ -45,8 +49,8 @@ fn parse_producer(req: &Req) -> Result<Option<Producer>, &'static str> {
     match (id, epoch, seq) {
         (None, None, None) => Ok(None),
         (Some(id), Some(epoch), Some(seq)) => {
-            if id.is_empty() {
-                return Err("Producer-Id is empty");
+            if id.is_empty() || id.len() > MAX_PRODUCER_ID {
+                return Err("Producer-Id must be 1-256 bytes");
             }
             Ok(Some(Producer {
                 id: id.to_owned(),
@@ -116,12 +120,6 @@ pub async fn post(d: &Arc<Durable>, req: &Req, body: Bytes) -> Response {
         Ok(p) => p,
         Err(e) => return reply::error(StatusCode::BAD_REQUEST, e),
     };
-    if body.len() > d.settings.max_append_bytes {
-        return reply::error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "append larger than durable.max_append_bytes",
-        );
-    }
     let close = req.flag("stream-closed");
     if body.is_empty() && !close {
         return reply::error(StatusCode::BAD_REQUEST, "empty body");
@@ -130,10 +128,9 @@ pub async fn post(d: &Arc<Durable>, req: &Req, body: Bytes) -> Response {
     if !body.is_empty() && content_type.is_none() {
         return reply::error(StatusCode::BAD_REQUEST, "Content-Type is required");
     }
-    let stream = match d.find(&req.path).await {
-        Found::Missing => return reply::error(StatusCode::NOT_FOUND, "stream not found"),
-        Found::Gone => return reply::error(StatusCode::GONE, "stream was deleted"),
-        Found::Live(s) => s,
+    let stream = match d.reach(&req.path, &req.caller, Verb::Write).await {
+        Ok(s) => s,
+        Err(r) => return r,
     };
     let mut st = stream.state.lock().await;
     st.touch(now_ms());
@@ -160,8 +157,16 @@ pub async fn post(d: &Arc<Durable>, req: &Req, body: Bytes) -> Response {
             );
         }
     }
+    // Bytes a new producer was admitted with, returned if the write fails.
+    let mut admitted = 0;
     if let Some(p) = &producer {
         match check(&st, p) {
+            Verdict::Accept if !st.meta.producers.contains_key(&p.id) => {
+                match admit_producer(d, &mut st, &p.id) {
+                    Ok(n) => admitted = n,
+                    Err((status, why)) => return reply::error(status, why),
+                }
+            }
             Verdict::Accept => {}
             Verdict::Duplicate(last) => {
                 let epoch = st.meta.producers.get(&p.id).map_or(p.epoch, |s| s.epoch);
@@ -179,6 +184,8 @@ pub async fn post(d: &Arc<Durable>, req: &Req, body: Bytes) -> Response {
     if !body.is_empty() {
         let who = producer.as_ref().map(|p| (p.id.as_str(), p.epoch, p.seq));
         if let Err(r) = write(d, &stream.path, &mut st, &body, who, stream_seq).await {
+            st.own_bytes -= admitted;
+            d.release(admitted);
             return r;
         }
     }
@@ -209,6 +216,39 @@ pub async fn post(d: &Arc<Durable>, req: &Req, body: Bytes) -> Response {
         StatusCode::NO_CONTENT
     };
     done(status, &st, producer.map(|p| (p.epoch, p.seq)))
+}
+
+/// Makes room for a new producer in a stream's table: within
+/// `durable.max_producers_per_stream` (400 past it: forgetting one would break its retries), and
+/// with its bytes counted in the stream's and the server's byte budgets (413, 507).
+fn admit_producer(
+    d: &Durable,
+    st: &mut State,
+    id: &str,
+) -> Result<usize, (StatusCode, &'static str)> {
+    let max = d.settings.max_producers_per_stream;
+    if st.meta.producers.len() >= max {
+        d.metrics.edge_rejected(
+            "ds_too_many_producers",
+            &format!("durable: a stream has {max} producers (durable.max_producers_per_stream)"),
+        );
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "too many producers on this stream (durable.max_producers_per_stream)",
+        ));
+    }
+    let bytes = id.len() + PRODUCER_OVERHEAD;
+    if st.own_bytes + bytes > d.settings.max_stream_bytes {
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, "stream is full"));
+    }
+    if !d.reserve(bytes) {
+        return Err((
+            StatusCode::INSUFFICIENT_STORAGE,
+            "server memory for streams is full",
+        ));
+    }
+    st.own_bytes += bytes;
+    Ok(bytes)
 }
 
 /// Appends `body` to a stream's state and topic: JSON split into items, within the stream's and
@@ -282,12 +322,18 @@ pub(super) async fn store(
 }
 
 impl Durable {
-    /// Appends `body` to the JSON stream at `path` on the server's own behalf (a subscription's
-    /// wake event). Refused, with why, when the stream is missing, closed or not JSON.
-    pub(super) async fn append_internal(&self, path: &str, body: Vec<u8>) -> Result<(), String> {
+    /// Appends `body` to the JSON stream at `path` on behalf of subscription owner `by` (a
+    /// wake event). Refused, with why, when the stream is missing, not `by`'s to write, closed or
+    /// not JSON.
+    pub(super) async fn append_internal(
+        &self,
+        path: &str,
+        by: &SubOwner,
+        body: Vec<u8>,
+    ) -> Result<(), String> {
         let stream = match self.find(path).await {
-            Found::Live(s) => s,
-            _ => return Err("no such stream".into()),
+            Found::Live(s) if by.may_write(&s) => s,
+            _ => return Err("no such stream, or not the subscription owner's".into()),
         };
         let mut st = stream.state.lock().await;
         if st.meta.closed {

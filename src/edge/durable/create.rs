@@ -1,4 +1,7 @@
 //! `PUT`: creates a stream, or a fork of one, or confirms an identical existing one (200).
+//! Creating needs a token with a `sub` (its owner) or an administrator; forking needs read access
+//! to the source; re-confirming needs write access. A stream the caller may not write is answered
+//! as every refused creation is, whatever its configuration.
 
 use std::sync::Arc;
 
@@ -7,6 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 
+use super::access::{self, Verb};
 use super::offset::Offset;
 use super::reply::{self, Req};
 use super::state::{self, DsStream, Entry, ForkOf, Meta, State};
@@ -74,28 +78,43 @@ fn parse(req: &Req) -> Result<Create, &'static str> {
     })
 }
 
+/// The refusal of a creation the caller may not make: the same for a token without `sub` and for
+/// a path another owner holds, so it tells nothing about the path.
+fn not_yours(d: &Durable) -> Response {
+    d.metrics.edge_rejected(
+        "forbidden",
+        "durable: PUT on a path this token may not create",
+    );
+    reply::error(
+        StatusCode::FORBIDDEN,
+        "this token may not create or change a stream at this path",
+    )
+}
+
 /// Handles `PUT`.
 pub async fn put(d: &Arc<Durable>, req: &Req, body: Bytes) -> Response {
     let c = match parse(req) {
         Ok(c) => c,
         Err(e) => return reply::error(StatusCode::BAD_REQUEST, e),
     };
-    if body.len() > d.settings.max_append_bytes {
-        return reply::error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body larger than durable.max_append_bytes",
-        );
-    }
+    let Ok(owner) = access::creator(&req.caller) else {
+        return not_yours(d);
+    };
     let _creating = d.creating.lock().await;
     match d.find(&req.path).await {
-        Found::Gone => return reply::error(StatusCode::CONFLICT, "stream was deleted"),
-        Found::Live(existing) => return same_or_conflict(&existing, &c).await,
+        Found::Gone(s) if access::allows(&req.caller, &s, Verb::Write) => {
+            return reply::error(StatusCode::CONFLICT, "stream was deleted")
+        }
+        Found::Live(s) if access::allows(&req.caller, &s, Verb::Write) => {
+            return same_or_conflict(&s, &c).await
+        }
+        Found::Gone(_) | Found::Live(_) => return not_yours(d),
         Found::Missing => {}
     }
     if d.count() >= d.settings.max_streams {
         return reply::error(StatusCode::SERVICE_UNAVAILABLE, "too many streams");
     }
-    match create(d, req, c, body).await {
+    match create(d, req, c, owner, body).await {
         Ok(r) => r,
         Err(r) => r,
     }
@@ -128,9 +147,8 @@ async fn same_or_conflict(existing: &Arc<DsStream>, c: &Create) -> Response {
         );
     }
     st.touch(now_ms());
-    let b = reply::builder(StatusCode::OK)
-        .header(header::CONTENT_TYPE, reply::value(&st.meta.content_type))
-        .header("stream-next-offset", st.tail.to_string());
+    let b = reply::builder(StatusCode::OK).header("stream-next-offset", st.tail.to_string());
+    let b = reply::typed(b, &st.meta.content_type);
     let b = if st.meta.closed {
         b.header("stream-closed", "true")
     } else {
@@ -152,19 +170,20 @@ struct Inherited {
     expires_at: Option<DateTime<Utc>>,
 }
 
-async fn inherit(d: &Durable, c: &Create) -> Result<Option<Inherited>, Response> {
+async fn inherit(d: &Durable, req: &Req, c: &Create) -> Result<Option<Inherited>, Response> {
     let Some((src_path, at, sub)) = &c.fork else {
         return Ok(None);
     };
-    let source = match d.find(src_path).await {
-        Found::Missing => return Err(reply::error(StatusCode::NOT_FOUND, "fork source not found")),
-        Found::Gone => {
+    // A source the caller may not read is answered as a missing one.
+    let source = match d.reach(src_path, &req.caller, Verb::Read).await {
+        Ok(s) => s,
+        Err(r) if r.status() == StatusCode::GONE => {
             return Err(reply::error(
                 StatusCode::CONFLICT,
                 "fork source was deleted",
             ))
         }
-        Found::Live(s) => s,
+        Err(_) => return Err(reply::error(StatusCode::NOT_FOUND, "fork source not found")),
     };
     let st = source.state.lock().await;
     if let Some(t) = &c.content_type {
@@ -231,8 +250,14 @@ async fn inherit(d: &Durable, c: &Create) -> Result<Option<Inherited>, Response>
     }))
 }
 
-async fn create(d: &Arc<Durable>, req: &Req, c: Create, body: Bytes) -> Result<Response, Response> {
-    let inherited = inherit(d, &c).await?;
+async fn create(
+    d: &Arc<Durable>,
+    req: &Req,
+    c: Create,
+    owner: Option<String>,
+    body: Bytes,
+) -> Result<Response, Response> {
+    let inherited = inherit(d, req, &c).await?;
     let content_type = inherited
         .as_ref()
         .map(|i| i.content_type.clone())
@@ -266,6 +291,7 @@ async fn create(d: &Arc<Durable>, req: &Req, c: Create, body: Bytes) -> Result<R
         fork_of: inherited.as_ref().map(|i| i.fork.clone()),
         seg: inherited.as_ref().map_or(0, |i| i.seg),
         topic: topic.clone(),
+        owner,
     };
     let mut st = State::new(meta, now_ms());
     if let Some(i) = &inherited {
@@ -293,14 +319,11 @@ async fn create(d: &Arc<Durable>, req: &Req, c: Create, body: Bytes) -> Result<R
     if has_data {
         d.subs.touch(&req.path, false);
     }
-    let host = req.header("host").unwrap_or("localhost");
+    let location = format!("{}{}", d.public_origin(), req.path);
     let b = reply::builder(StatusCode::CREATED)
-        .header(header::CONTENT_TYPE, reply::value(&content_type))
-        .header(
-            header::LOCATION,
-            reply::value(&format!("http://{host}{}", req.full_path)),
-        )
+        .header(header::LOCATION, reply::value(&location))
         .header("stream-next-offset", tail.to_string());
+    let b = reply::typed(b, &content_type);
     let b = if c.closed {
         b.header("stream-closed", "true")
     } else {

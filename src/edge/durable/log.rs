@@ -1,5 +1,5 @@
 //! The Kafka side of Durable Streams: each incarnation of a stream (a fork included) has a topic
-//! of its own, created with the stream, holding one record per append: its bytes (JSON items
+//! of its own, `<durable.topic_prefix><uuid>`, created with the stream, holding one record per append: its bytes (JSON items
 //! joined by commas) and headers naming the writer (`ds-producer`: id, epoch and seq) and the
 //! `Stream-Seq`, from which a restarted server rebuilds what its saved metadata may lack.
 //!
@@ -13,7 +13,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Headers;
 use rdkafka::{Message, Offset as KafkaOffset, TopicPartitionList};
 
-use crate::event::StreamId;
 use crate::kafka::producer::{client_config, Error, Journal};
 use crate::settings::KafkaSettings;
 
@@ -42,6 +41,8 @@ pub struct Log {
     kafka: KafkaSettings,
     /// Each topic's `max.message.bytes`: the largest append and room for its headers.
     max_message: usize,
+    /// What new topics' names start with (`durable.topic_prefix`).
+    prefix: String,
 }
 
 /// Room a record needs beyond its bytes: headers and batch framing.
@@ -54,16 +55,34 @@ impl Log {
             journal,
             kafka: kafka.clone(),
             max_message: max_append + RECORD_OVERHEAD,
+            prefix: crate::settings::DurableSettings::default().topic_prefix,
         }
     }
 
-    /// Creates the topic of a new incarnation and returns its name.
+    /// The same log, naming new topics `<prefix><uuid>`.
+    pub fn with_topic_prefix(mut self, prefix: &str) -> Log {
+        self.prefix = prefix.to_owned();
+        self
+    }
+
+    /// Creates the topic of a new incarnation (`kafka.stream_topic_config`, and a
+    /// `max.message.bytes` that fits the largest append) and returns its name.
     pub async fn create(&self) -> Result<String, Error> {
-        let id = StreamId::parse(&format!("ds-{}", uuid::Uuid::new_v4().simple()))
-            .unwrap_or_else(|_| StreamId::random());
-        let config = vec![("max.message.bytes".to_owned(), self.max_message.to_string())];
-        self.journal.ensure_stream_topic_with(&id, config).await?;
-        Ok(self.journal.topic_for(&id))
+        let topic = format!("{}{}", self.prefix, uuid::Uuid::new_v4().simple());
+        let max = self.max_message.to_string();
+        let config: Vec<(&str, &str)> = self
+            .kafka
+            .stream_topic_config
+            .iter()
+            .filter(|(k, _)| k.as_str() != "max.message.bytes")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain([("max.message.bytes", max.as_str())])
+            .collect();
+        let replication = self.kafka.stream_topic_replication;
+        self.journal
+            .create_topic(&topic, 1, replication, &config)
+            .await?;
+        Ok(topic)
     }
 
     /// Deletes topics of streams that are gone.

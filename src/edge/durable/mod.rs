@@ -3,7 +3,8 @@
 //! stream). Each stream is stored in a Kafka topic of its own, one record per append; its
 //! metadata and the records it serves are held here.
 //!
-//! * `registry` (this file): the streams by path, lookup with lazy expiry, deletion with forks.
+//! * `registry` (this file): the streams by path, lookup with lazy expiry, deletion with forks;
+//!   `request`: routing, bounded request bodies and paths; `access`: who may do what.
 //! * `create`: PUT, including forks; `append`: POST; `read`: GET (catch-up and long-poll), HEAD
 //!   and DELETE; `sse`: GET with `live=sse`; `reply`: the headers every response carries.
 //! * `bridge`: Sluice's own streams, read through the same API at `{base}/v1/sluice/{id}`.
@@ -12,6 +13,7 @@
 //!
 //! This module does not run handlers or touch Sluice's own streams.
 
+mod access;
 mod append;
 pub(crate) mod bridge;
 mod create;
@@ -19,6 +21,7 @@ pub mod log;
 pub mod offset;
 mod read;
 mod reply;
+mod request;
 mod restore;
 mod sse;
 pub mod state;
@@ -27,26 +30,21 @@ mod subs;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, RawQuery, State as AxumState};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::any;
-use axum::Router;
 
 use crate::settings::DurableSettings;
 use log::Log;
 use state::DsStream;
 
-/// The largest body read before answering.
-const READ_LIMIT: usize = 32 * 1024 * 1024;
+pub use request::{cors, routes};
 
 /// What a lookup found.
 pub enum Found {
     /// No such stream (or it expired).
     Missing,
     /// Deleted, but its forks still read it.
-    Gone,
+    Gone(Arc<DsStream>),
     /// A live stream.
     Live(Arc<DsStream>),
 }
@@ -68,6 +66,8 @@ pub struct Durable {
     /// Subscriptions (the `__ds` APIs).
     subs: subs::Subscriptions,
     metrics: Arc<crate::metrics::Metrics>,
+    /// `http://<bound http.listen>`, the origin of public URLs when `durable.public_url` is empty.
+    listen_origin: std::sync::OnceLock<String>,
 }
 
 /// Milliseconds since the epoch, the clock every expiry uses.
@@ -87,7 +87,7 @@ impl Durable {
         Ok(Arc::new(Durable {
             streams: Mutex::new(HashMap::new()),
             creating: tokio::sync::Mutex::new(()),
-            log,
+            log: log.with_topic_prefix(&settings.topic_prefix),
             store,
             settings: settings.clone(),
             held: std::sync::atomic::AtomicUsize::new(0),
@@ -95,7 +95,34 @@ impl Durable {
             stop,
             subs: subs::Subscriptions::new(settings)?,
             metrics,
+            listen_origin: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Notes the address the HTTP listener is bound to, for public URLs when
+    /// `durable.public_url` is empty (an unspecified address becomes `localhost`).
+    pub fn set_listen_addr(&self, addr: std::net::SocketAddr) {
+        let host = match addr.ip() {
+            ip if ip.is_unspecified() => "localhost".to_owned(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        let _ = self
+            .listen_origin
+            .set(format!("http://{host}:{}", addr.port()));
+    }
+
+    /// The URL `base_path` is reached at: `durable.public_url`, else the bound listen address
+    /// and `base_path`. Never taken from a request, so no `Host` header can redirect callbacks.
+    pub(crate) fn public_origin(&self) -> String {
+        if !self.settings.public_url.is_empty() {
+            return self.settings.public_url.clone();
+        }
+        let origin = self
+            .listen_origin
+            .get()
+            .map_or("http://localhost", String::as_str);
+        format!("{origin}{}", self.settings.base_path.trim_end_matches('/'))
     }
 
     /// Waits for the SSE feeders, once the edge stopped.
@@ -125,20 +152,54 @@ impl Durable {
         };
         let st = stream.state.lock().await;
         if st.deleted {
-            return Found::Gone;
+            drop(st);
+            return Found::Gone(stream);
         }
         if st.expired(now_ms()) {
             let forks = st.forks;
             drop(st);
             self.remove(&stream).await;
             return if forks > 0 {
-                Found::Gone
+                Found::Gone(stream)
             } else {
                 Found::Missing
             };
         }
         drop(st);
         Found::Live(stream)
+    }
+
+    /// Looks `path` up for `who` to do `verb`: the live stream, or the answer. A stream `who` may
+    /// not read is answered as a missing one (404, same body), so existence does not leak; one it
+    /// may read but not write is 403 for a write; a deleted one it may read is 410.
+    pub(crate) async fn reach(
+        &self,
+        path: &str,
+        who: &crate::edge::auth::Identity,
+        verb: access::Verb,
+    ) -> Result<Arc<DsStream>, Response> {
+        let (stream, gone) = match self.find(path).await {
+            Found::Missing => return Err(reply::not_found()),
+            Found::Gone(s) => (s, true),
+            Found::Live(s) => (s, false),
+        };
+        if !access::allows(who, &stream, access::Verb::Read) {
+            self.metrics
+                .edge_rejected("forbidden", "durable: stream not readable by this token");
+            return Err(reply::not_found());
+        }
+        if gone {
+            return Err(reply::error(StatusCode::GONE, "stream was deleted"));
+        }
+        if !access::allows(who, &stream, verb) {
+            self.metrics
+                .edge_rejected("forbidden", "durable: stream not writable by this token");
+            return Err(reply::error(
+                StatusCode::FORBIDDEN,
+                "this token may read this stream but not write it",
+            ));
+        }
+        Ok(stream)
     }
 
     /// Deletes a stream: at once if nothing forks it, else it stays, gone for clients, until its
@@ -253,51 +314,3 @@ impl Durable {
 }
 
 pub use subs::routes::token_routes;
-
-/// The Durable Streams routes, under the configured base path.
-pub fn routes(durable: Arc<Durable>) -> Router {
-    let base = durable.settings.base_path.trim_end_matches('/').to_owned();
-    // Bodies up to this are read whole and answered (413 past `max_append_bytes`); a client cut
-    // off mid-upload would see a broken connection instead of the answer.
-    let limit = READ_LIMIT.max(durable.settings.max_append_bytes);
-    Router::new()
-        .route(&format!("{base}/v1/stream/{{*name}}"), any(dispatch))
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(durable)
-}
-
-async fn dispatch(
-    AxumState(d): AxumState<Arc<Durable>>,
-    method: Method,
-    uri: Uri,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let base = d.settings.base_path.trim_end_matches('/');
-    let path = uri
-        .path()
-        .strip_prefix(base)
-        .unwrap_or(uri.path())
-        .to_owned();
-    if let Some(rest) = path.strip_prefix("/v1/stream/__ds") {
-        if rest.is_empty() || rest.starts_with('/') {
-            return subs::routes::control(&d, &method, rest, &headers, &body).await;
-        }
-    }
-    let req = reply::Req {
-        path,
-        full_path: uri.path().to_owned(),
-        query,
-        headers,
-    };
-    match method {
-        Method::PUT => create::put(&d, &req, body).await,
-        Method::POST => append::post(&d, &req, body).await,
-        Method::GET => read::get(&d, &req).await,
-        Method::HEAD => read::head(&d, &req).await,
-        Method::DELETE => read::delete(&d, &req).await,
-        Method::OPTIONS => reply::preflight(),
-        _ => reply::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
-    }
-}

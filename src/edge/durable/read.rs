@@ -6,18 +6,15 @@ use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::Response;
 
+use super::access::Verb;
 use super::offset::{self, Live, Offset, ReadFrom};
 use super::reply::{self, Req};
 use super::state::{self, DsStream, State};
-use super::{now_ms, Durable, Found};
+use super::{now_ms, Durable};
 
-/// Looks the request's stream up: the stream, or the 404/410 to answer.
-async fn live(d: &Durable, req: &Req) -> Result<Arc<DsStream>, Response> {
-    match d.find(&req.path).await {
-        Found::Missing => Err(reply::error(StatusCode::NOT_FOUND, "stream not found")),
-        Found::Gone => Err(reply::error(StatusCode::GONE, "stream was deleted")),
-        Found::Live(s) => Ok(s),
-    }
+/// Looks the request's stream up for `verb`: the stream, or the 403/404/410 to answer.
+async fn live(d: &Durable, req: &Req, verb: Verb) -> Result<Arc<DsStream>, Response> {
+    d.reach(&req.path, &req.caller, verb).await
 }
 
 /// Where a read starts, given the stream's state.
@@ -35,7 +32,7 @@ pub async fn get(d: &Arc<Durable>, req: &Req) -> Response {
         Ok(q) => q,
         Err(e) => return reply::error(StatusCode::BAD_REQUEST, &e),
     };
-    let stream = match live(d, req).await {
+    let stream = match live(d, req, Verb::Read).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -81,28 +78,33 @@ fn answer(req: &Req, st: &State, from: Offset, q: &offset::ReadQuery) -> Respons
     if q.from == ReadFrom::Now {
         b = b.header(header::CACHE_CONTROL, "no-store");
     }
-    let etag = format!(
-        "\"{}:{}:{}{}\"",
-        st.meta.topic,
-        from,
-        st.tail,
-        if st.meta.closed { ":c" } else { "" }
-    );
+    let etag = etag(st, from);
     if q.live == Live::No && req.header("if-none-match") == Some(etag.as_str()) {
         return reply::finish(
             reply::builder(StatusCode::NOT_MODIFIED).header(header::ETAG, etag),
             Body::empty(),
         );
     }
-    b = b
-        .header(header::ETAG, etag)
-        .header(header::CONTENT_TYPE, reply::value(&st.meta.content_type));
+    b = reply::typed(b.header(header::ETAG, etag), &st.meta.content_type);
     reply::finish(b, state::body(entries, json))
+}
+
+/// The ETag of a read from `from`: a digest of the incarnation (its topic), the range and
+/// whether the stream is closed, so it changes with any of them and names nothing internal.
+fn etag(st: &State, from: Offset) -> String {
+    let closed = if st.meta.closed { "c" } else { "o" };
+    let text = format!("{}\n{from}\n{}\n{closed}", st.meta.topic, st.tail);
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let hex: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("\"{hex}\"")
 }
 
 /// Handles `HEAD`: the stream's metadata; it does not renew the TTL.
 pub async fn head(d: &Arc<Durable>, req: &Req) -> Response {
-    let stream = match live(d, req).await {
+    let stream = match live(d, req, Verb::Read).await {
         Ok(s) => s,
         Err(r) => {
             return reply::finish(
@@ -112,10 +114,10 @@ pub async fn head(d: &Arc<Durable>, req: &Req) -> Response {
         }
     };
     let st = stream.state.lock().await;
-    let mut b = reply::builder(StatusCode::OK)
-        .header(header::CONTENT_TYPE, reply::value(&st.meta.content_type))
+    let b = reply::builder(StatusCode::OK)
         .header("stream-next-offset", st.tail.to_string())
         .header(header::CACHE_CONTROL, "no-store");
+    let mut b = reply::typed(b, &st.meta.content_type);
     if let Some(ttl) = st.meta.ttl {
         b = b.header("stream-ttl", ttl.to_string());
     }
@@ -130,7 +132,7 @@ pub async fn head(d: &Arc<Durable>, req: &Req) -> Response {
 
 /// Handles `DELETE`.
 pub async fn delete(d: &Arc<Durable>, req: &Req) -> Response {
-    let stream = match live(d, req).await {
+    let stream = match live(d, req, Verb::Write).await {
         Ok(s) => s,
         Err(r) => return r,
     };

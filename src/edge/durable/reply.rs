@@ -1,7 +1,10 @@
 //! What every Durable Streams response carries, and the request parts the handlers read.
 //!
 //! Responses are built here by hand, not with axum's conveniences: the content type must be the
-//! stream's, byte for byte, never one with a charset added.
+//! stream's, byte for byte, never one with a charset added. Every response is inert: a stream's
+//! body is never sniffed (`nosniff`), never runs as a document (`Content-Security-Policy:
+//! sandbox`), and types a browser would render actively (HTML, SVG, XML, scripts) are
+//! attachments. CORS comes from the edge's policy (`request::cors`), not from here.
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -13,12 +16,12 @@ use super::offset::Offset;
 pub struct Req {
     /// The stream's path below the base path (`/v1/stream/...`): its key.
     pub path: String,
-    /// The full request path, for `Location`.
-    pub full_path: String,
     /// The raw query string.
     pub query: Option<String>,
     /// The request headers.
     pub headers: HeaderMap,
+    /// Who is asking.
+    pub caller: crate::edge::auth::Identity,
 }
 
 impl Req {
@@ -34,19 +37,62 @@ impl Req {
     }
 }
 
-/// Headers a browser may read.
-const EXPOSE: &str = "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, \
-    Stream-TTL, Stream-Expires-At, Producer-Epoch, Producer-Seq, Producer-Expected-Seq, \
-    Producer-Received-Seq, ETag, Content-Type, Location";
+/// Headers a browser may read (with the edge's CORS policy).
+pub const EXPOSE: &[&str] = &[
+    "stream-next-offset",
+    "stream-cursor",
+    "stream-up-to-date",
+    "stream-closed",
+    "stream-ttl",
+    "stream-expires-at",
+    "stream-sse-data-encoding",
+    "producer-epoch",
+    "producer-seq",
+    "producer-expected-seq",
+    "producer-received-seq",
+    "etag",
+    "content-type",
+    "location",
+];
 
 /// A response builder with the headers every response carries.
 pub fn builder(status: StatusCode) -> axum::http::response::Builder {
     Response::builder()
         .status(status)
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
-        .header("cross-origin-resource-policy", "cross-origin")
-        .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
-        .header(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE)
+        .header(header::CONTENT_SECURITY_POLICY, "sandbox")
+        .header("cross-origin-resource-policy", "same-origin")
+}
+
+/// Types served as they are; any other (HTML, SVG, XML, scripts, …) is an attachment.
+const PASSIVE: &[&str] = &[
+    "application/json",
+    "application/octet-stream",
+    "application/x-ndjson",
+    "application/ndjson",
+    "text/plain",
+    "text/csv",
+    "text/event-stream",
+];
+
+/// A builder's `Content-Type` for a stream of `content_type`, with `Content-Disposition:
+/// attachment` for a type a browser would render actively.
+pub fn typed(
+    b: axum::http::response::Builder,
+    content_type: &str,
+) -> axum::http::response::Builder {
+    let b = b.header(header::CONTENT_TYPE, value(content_type));
+    let n = super::state::normalise(content_type);
+    if PASSIVE.contains(&n.as_str()) || (n.starts_with("image/") && !n.contains("svg")) {
+        b
+    } else {
+        b.header(header::CONTENT_DISPOSITION, "attachment")
+    }
+}
+
+/// The answer for a stream that is missing or that the caller may not reach: the same either way.
+pub fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "stream not found")
 }
 
 /// Finishes a builder.
@@ -77,7 +123,8 @@ pub fn closed_conflict(tail: Offset) -> Response {
     )
 }
 
-/// The answer to a CORS preflight.
+/// The answer to an `OPTIONS` request the edge's CORS policy did not answer (no CORS origins
+/// configured, or not a preflight): the methods and headers, without allowing any origin.
 pub fn preflight() -> Response {
     finish(
         builder(StatusCode::NO_CONTENT)

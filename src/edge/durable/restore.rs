@@ -3,6 +3,8 @@
 //! rebuilt from its document and its topic. The topic is the authority for appends: a producer's
 //! sequence or a `Stream-Seq` that reached Kafka but not the store (a crash between the two) is
 //! taken from the records' headers, so a retried append is still recognised as a duplicate.
+//! A stream is read from the topic its document names, whatever `durable.topic_prefix` says now,
+//! and keeps the owner its document names (none for documents saved before owners).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,6 +144,11 @@ impl Durable {
                 items,
             });
         }
+        // The producer table counts against the budgets as appends do.
+        let table = st.producer_bytes();
+        st.own_bytes += table;
+        self.held
+            .fetch_add(table, std::sync::atomic::Ordering::AcqRel);
         Ok(DsStream::new(path, st))
     }
 }

@@ -80,7 +80,14 @@ pub struct Meta {
     pub seg: u64,
     /// The Kafka topic of its own records.
     pub topic: String,
+    /// The `sub` of the token that created it; none for an administrator's without one, and for
+    /// streams saved before streams had owners (only administrators and patterns reach those).
+    #[serde(default)]
+    pub owner: Option<String>,
 }
+
+/// Bytes a producer's entry is counted as, beyond its id: its numbers and the map's overhead.
+pub const PRODUCER_OVERHEAD: usize = 64;
 
 /// The mutable part of a stream.
 pub struct State {
@@ -90,7 +97,7 @@ pub struct State {
     pub entries: Vec<Arc<Entry>>,
     /// The offset after the last record.
     pub tail: Offset,
-    /// Bytes of the stream's own records held in memory.
+    /// Bytes of the stream's own records held in memory, and of its producer table.
     pub own_bytes: usize,
     /// When it was last read or written (for the sliding TTL), in ms since the epoch.
     pub touched_ms: i64,
@@ -106,6 +113,8 @@ pub struct State {
 pub struct DsStream {
     /// Its path (`/v1/stream/...`).
     pub path: String,
+    /// Its path and owner, then its source's, and so on (a fork's readers must read them all).
+    lineage: Vec<(String, Option<String>)>,
     /// State, locked for each request; appends hold it across their Kafka write, so one stream's
     /// appends are ordered and checked against the state they change.
     pub state: Mutex<State>,
@@ -114,13 +123,28 @@ pub struct DsStream {
 }
 
 impl DsStream {
-    /// A new stream.
+    /// A new stream, owned by `state.meta.owner`, below `state.source` if it is a fork.
     pub fn new(path: &str, state: State) -> Arc<DsStream> {
+        let mut lineage = vec![(path.to_owned(), state.meta.owner.clone())];
+        if let Some(src) = &state.source {
+            lineage.extend(src.lineage.iter().cloned());
+        }
         Arc::new(DsStream {
             path: path.to_owned(),
+            lineage,
             state: Mutex::new(state),
             changed: watch::Sender::new(0),
         })
+    }
+
+    /// Its owner.
+    pub fn owner(&self) -> Option<&str> {
+        self.lineage.first().and_then(|(_, o)| o.as_deref())
+    }
+
+    /// Its path and owner, then those of its source, its source's source, and so on.
+    pub fn lineage(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.lineage.iter().map(|(p, o)| (p.as_str(), o.as_deref()))
     }
 
     /// Wakes its waiters.
@@ -195,6 +219,15 @@ impl State {
     /// The records after `from`.
     pub fn after(&self, from: Offset) -> &[Arc<Entry>] {
         &self.entries[self.first_after(from)..]
+    }
+
+    /// Bytes the producer table is counted as.
+    pub fn producer_bytes(&self) -> usize {
+        self.meta
+            .producers
+            .keys()
+            .map(|id| id.len() + PRODUCER_OVERHEAD)
+            .sum()
     }
 
     /// Appends a record the log acknowledged.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::glob;
 use super::Refusal;
+use crate::edge::durable::request::check_path;
 
 /// Lease bounds and default, milliseconds.
 const LEASE_MIN_MS: u64 = 1_000;
@@ -71,12 +72,14 @@ pub fn normalise(path: &str) -> String {
     path.trim_matches('/').to_owned()
 }
 
-/// Checks a stream path from a body: bounded, and not a reserved control path.
+/// Checks a stream path from a body: bounded as stream paths are, and not a reserved control
+/// path.
 pub fn stream_path(path: &str) -> Result<String, Refusal> {
     let p = normalise(path);
-    if p.is_empty() || p.len() > MAX_TEXT || p == "__ds" || p.starts_with("__ds/") {
+    let reserved = p == "__ds" || p.starts_with("__ds/");
+    if p.is_empty() || reserved || check_path(&p).is_err() {
         return Err(Refusal::invalid(
-            "stream paths must be 1-1024 bytes, outside __ds",
+            "stream paths must be 1-1024 bytes of at most 64 segments, outside __ds",
         ));
     }
     Ok(p)
@@ -88,9 +91,9 @@ pub fn parse(body: &[u8], rules: &Rules) -> Result<Config, Refusal> {
         .map_err(|e| Refusal::invalid(&format!("subscription body: {e}")))?;
     let pattern = b.pattern.map(|p| normalise(&p)).filter(|p| !p.is_empty());
     if let Some(p) = &pattern {
-        if p.len() > MAX_TEXT || glob::deep_wildcards(p) > MAX_DEEP_WILDCARDS {
+        if check_path(p).is_err() || glob::deep_wildcards(p) > MAX_DEEP_WILDCARDS {
             return Err(Refusal::invalid(
-                "pattern must be at most 1024 bytes and 4 `**`",
+                "pattern must be at most 1024 bytes, 64 segments and 4 `**`",
             ));
         }
     }
@@ -176,14 +179,38 @@ pub fn check_url(raw: &str, allow_localhost: bool) -> Result<(), Refusal> {
 }
 
 /// Whether an address is on the public internet (not private, loopback, link-local, shared,
-/// documentation, multicast or unspecified).
+/// documentation, multicast or unspecified). An IPv6 address that carries an IPv4 one
+/// (IPv4-compatible, -mapped and -translated, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is as
+/// public as the IPv4 address it carries; the local-use NAT64 prefix `64:ff9b:1::/48` and the
+/// old site-local `fec0::/10` never are.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => public_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match embedded_v4(v6) {
             Some(v4) => public_v4(v4),
             None => public_v6(v6),
         },
+    }
+}
+
+/// The IPv4 address an IPv6 one carries, in the forms that route to it.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let low = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        Some(Ipv4Addr::new(a, b, c, d))
+    };
+    match s {
+        // `::a.b.c.d` (compatible) and `::ffff:a.b.c.d` (mapped).
+        [0, 0, 0, 0, 0, 0 | 0xffff, hi, lo] => low(hi, lo),
+        // `::ffff:0:a.b.c.d` (translated, RFC 2765).
+        [0, 0, 0, 0, 0xffff, 0, hi, lo] => low(hi, lo),
+        // NAT64 well-known prefix (RFC 6052).
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => low(hi, lo),
+        // 6to4 (RFC 3056): `2002:AABB:CCDD::/48`.
+        [0x2002, hi, lo, ..] => low(hi, lo),
+        _ => None,
     }
 }
 
@@ -203,13 +230,15 @@ fn public_v4(ip: Ipv4Addr) -> bool {
 }
 
 fn public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let [first, second, third, ..] = ip.segments();
     !(ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
         || (first & 0xfe00) == 0xfc00
         || (first & 0xffc0) == 0xfe80
-        || first == 0x2001 && ip.segments()[1] == 0x0db8)
+        || (first & 0xffc0) == 0xfec0
+        || (first, second, third) == (0x64, 0xff9b, 1)
+        || (first == 0x2001 && second == 0x0db8))
 }
 
 #[cfg(test)]
@@ -248,6 +277,55 @@ mod tests {
         assert!(check_url("http://127.0.0.1:9/hook", true).is_ok());
         assert!(check_url("http://localhost:9/hook", true).is_ok());
         assert!(check_url("http://127.0.1.1:9/hook", true).is_err());
+    }
+
+    #[test]
+    fn ipv6_forms_of_refused_ipv4_addresses_are_refused() {
+        let refused_v4 = [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.4",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+        ];
+        for v4 in refused_v4 {
+            let [a, b, c, d] = v4.parse::<Ipv4Addr>().unwrap().octets();
+            let (hi, lo) = (u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]));
+            for form in [
+                format!("::{v4}"),
+                format!("::ffff:{v4}"),
+                format!("::ffff:0:{v4}"),
+                format!("64:ff9b::{v4}"),
+                format!("2002:{hi:x}:{lo:x}::1"),
+            ] {
+                let ip: IpAddr = form.parse().unwrap();
+                assert!(!is_public(ip), "{form} carries {v4}");
+                let url = format!("https://[{form}]/hook");
+                assert_eq!(
+                    check_url(&url, false).unwrap_err().code,
+                    "WEBHOOK_URL_REJECTED"
+                );
+            }
+        }
+        for never in [
+            "64:ff9b:1::808:808",
+            "fec0::1",
+            "fed0::1",
+            "fc00::1",
+            "fe80::1",
+        ] {
+            assert!(!is_public(never.parse().unwrap()), "{never}");
+        }
+        for public in [
+            "::ffff:8.8.8.8",
+            "64:ff9b::8.8.8.8",
+            "2002:808:808::1",
+            "2606:4700::1111",
+        ] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
     }
 
     #[test]

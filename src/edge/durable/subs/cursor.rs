@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::keys::TokenError;
 use super::{config, now_ms, now_s, saved, Durable, Kind, Refusal, Sub, BEFORE_FIRST};
+use crate::edge::auth::Identity;
 
 /// A callback, ack or release body.
 #[derive(Deserialize)]
@@ -96,7 +97,7 @@ impl Durable {
             if ack.offset < link.acked {
                 return Err(Refusal::offset("ack offset is behind the acknowledged one"));
             }
-            if ack.offset > self.sub_tail(&path).await {
+            if ack.offset > self.sub_tail(&sub.access, &path).await {
                 return Err(Refusal::offset("ack offset is beyond the stream's tail"));
             }
             moves.push((path, ack.offset.clone()));
@@ -122,10 +123,14 @@ impl Durable {
     pub(super) async fn sub_claim(
         self: &Arc<Self>,
         id: &str,
+        who: &Identity,
         worker: &str,
     ) -> Result<Value, Refusal> {
         let mut table = self.subs.table.lock().await;
-        let sub = table.get_mut(id).ok_or_else(Refusal::not_found)?;
+        let sub = table
+            .get_mut(id)
+            .filter(|s| s.access.managed_by(who))
+            .ok_or_else(Refusal::not_found)?;
         if sub.config.kind != Kind::PullWake {
             return Err(Refusal::invalid("subscription is not pull-wake"));
         }

@@ -30,7 +30,9 @@ enum Outcome {
 
 /// The HTTP client for webhooks.
 pub fn client(settings: &DurableSettings) -> Result<reqwest::Client, String> {
+    // No proxy: a proxy environment variable would resolve names past `PublicOnly`.
     reqwest::Client::builder()
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(settings.webhook_timeout)
         .dns_resolver(Arc::new(PublicOnly {
@@ -90,7 +92,7 @@ impl Durable {
             "wake_id": w.id,
             "generation": sub.generation,
             "streams": infos.iter().map(|i| i.json(true)).collect::<Vec<_>>(),
-            "callback_url": format!("{}{}", sub.origin, action_path(&sub.id, "callback")),
+            "callback_url": format!("{}{}", self.public_origin(), action_path(&sub.id, "callback")),
             "callback_token": keys.token(&sub.id, sub.generation, now_s()),
         })
         .to_string();
@@ -182,10 +184,10 @@ impl Durable {
         })
         .to_string();
         let d = self.clone();
-        let id = sub.id.clone();
+        let (id, by) = (sub.id.clone(), sub.access.clone());
         self.tasks.spawn(async move {
             let path = format!("{}{wake_stream}", super::STREAM_ROOT);
-            if let Err(why) = d.append_internal(&path, event.into_bytes()).await {
+            if let Err(why) = d.append_internal(&path, &by, event.into_bytes()).await {
                 d.metrics.durable_wake_unwritten(&id, &wake_stream, &why);
             }
         });

@@ -1,6 +1,8 @@
 //! Managing subscriptions: create or re-confirm (`PUT`), read (`GET`), delete, and explicit
 //! stream links. A new subscription links the streams its pattern matches at their current
-//! tails, so it starts with no history to process.
+//! tails, so it starts with no history to process. Creating needs a token with a `sub` (the
+//! owner) or an administrator; everything else needs the owner or an administrator, and a
+//! subscription someone else owns is answered as a missing one.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -10,7 +12,8 @@ use axum::http::StatusCode;
 use serde_json::{json, Value};
 
 use super::config::{self, Config, Kind, Rules};
-use super::{glob, now_ms, saved, Durable, Link, Refusal, Sub, STREAM_ROOT};
+use super::{glob, now_ms, saved, Durable, Link, Refusal, Sub, SubOwner, STREAM_ROOT};
+use crate::edge::auth::Identity;
 
 impl Durable {
     fn rules(&self) -> Rules {
@@ -20,11 +23,12 @@ impl Durable {
         }
     }
 
-    /// The relative paths of every live stream.
-    fn stream_paths(&self) -> Vec<String> {
+    /// The relative paths of every stream a subscription of `access` sees.
+    fn stream_paths(&self, access: &SubOwner) -> Vec<String> {
         self.paths()
             .into_iter()
             .filter_map(|p| super::relative(&p).map(str::to_owned))
+            .filter(|rel| self.sub_sees(access, rel))
             .collect()
     }
 
@@ -32,12 +36,22 @@ impl Durable {
     pub(super) async fn sub_put(
         self: &Arc<Self>,
         id: &str,
-        origin: &str,
+        who: &Identity,
         body: &[u8],
     ) -> Result<(bool, Value), Refusal> {
+        let access = SubOwner::of(who)
+            .map_err(|_| Refusal::forbidden("creating a subscription needs a token with a sub"))?;
         let config = config::parse(body, &self.rules())?;
         let mut table = self.subs.table.lock().await;
         if let Some(sub) = table.get(id) {
+            if !sub.access.managed_by(who) {
+                return Err(Refusal {
+                    status: StatusCode::CONFLICT,
+                    code: "SUBSCRIPTION_ALREADY_EXISTS",
+                    message: "subscription id is taken".into(),
+                    extra: None,
+                });
+            }
             if sub.config != config {
                 return Err(Refusal {
                     status: StatusCode::CONFLICT,
@@ -46,7 +60,7 @@ impl Durable {
                     extra: None,
                 });
             }
-            return Ok((false, self.view(sub, origin).await));
+            return Ok((false, self.view(sub).await));
         }
         if table.len() >= self.settings.max_subscriptions {
             return Err(Refusal {
@@ -61,7 +75,7 @@ impl Durable {
         self.subs.count.fetch_add(1, Ordering::AcqRel);
         let mut links = BTreeMap::new();
         for path in &config.streams {
-            let acked = self.sub_tail(path).await;
+            let acked = self.sub_tail(&access, path).await;
             links.insert(
                 path.clone(),
                 Link {
@@ -72,9 +86,9 @@ impl Durable {
             );
         }
         if let Some(pattern) = &config.pattern {
-            for path in self.stream_paths() {
+            for path in self.stream_paths(&access) {
                 if glob::matches(pattern, &path) {
-                    let acked = self.sub_tail(&path).await;
+                    let acked = self.sub_tail(&access, &path).await;
                     links
                         .entry(path)
                         .or_insert(Link {
@@ -89,7 +103,7 @@ impl Durable {
         let sub = Sub {
             id: id.to_owned(),
             config,
-            origin: origin.to_owned(),
+            access,
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             links,
             generation: 0,
@@ -98,7 +112,7 @@ impl Durable {
             retry_at: None,
         };
         let doc = saved::doc(&sub);
-        let view = self.view(&sub, origin).await;
+        let view = self.view(&sub).await;
         table.insert(id.to_owned(), sub);
         drop(table);
         self.save_subs(vec![doc]).await;
@@ -107,15 +121,27 @@ impl Durable {
     }
 
     /// `GET`: the subscription's view.
-    pub(super) async fn sub_get(&self, id: &str, origin: &str) -> Result<Value, Refusal> {
+    pub(super) async fn sub_get(&self, id: &str, who: &Identity) -> Result<Value, Refusal> {
         let table = self.subs.table.lock().await;
-        let sub = table.get(id).ok_or_else(Refusal::not_found)?;
-        Ok(self.view(sub, origin).await)
+        let sub = table
+            .get(id)
+            .filter(|s| s.access.managed_by(who))
+            .ok_or_else(Refusal::not_found)?;
+        Ok(self.view(sub).await)
     }
 
-    /// `DELETE`: forgets it; requests for its wake fail from now on.
-    pub(super) async fn sub_delete(&self, id: &str) {
-        let removed = self.subs.table.lock().await.remove(id);
+    /// `DELETE`: forgets it; requests for its wake fail from now on. Someone else's is left as it
+    /// is, answered as a missing one (204 both).
+    pub(super) async fn sub_delete(&self, id: &str, who: &Identity) {
+        let removed = {
+            let mut table = self.subs.table.lock().await;
+            let mine = table.get(id).is_some_and(|s| s.access.managed_by(who));
+            if mine {
+                table.remove(id)
+            } else {
+                None
+            }
+        };
         if removed.is_some() {
             self.subs.count.fetch_sub(1, Ordering::AcqRel);
             self.save_subs(vec![(id.to_owned(), None)]).await;
@@ -124,7 +150,12 @@ impl Durable {
     }
 
     /// Links explicit streams at their tails (already linked ones stay as they are).
-    pub(super) async fn sub_add_streams(&self, id: &str, body: &[u8]) -> Result<(), Refusal> {
+    pub(super) async fn sub_add_streams(
+        &self,
+        id: &str,
+        who: &Identity,
+        body: &[u8],
+    ) -> Result<(), Refusal> {
         #[derive(serde::Deserialize)]
         struct Add {
             streams: Vec<String>,
@@ -137,7 +168,10 @@ impl Durable {
             .map(|s| config::stream_path(s))
             .collect::<Result<Vec<_>, _>>()?;
         let mut table = self.subs.table.lock().await;
-        let sub = table.get_mut(id).ok_or_else(Refusal::not_found)?;
+        let sub = table
+            .get_mut(id)
+            .filter(|s| s.access.managed_by(who))
+            .ok_or_else(Refusal::not_found)?;
         let explicit = sub.links.values().filter(|l| l.explicit).count();
         if explicit + paths.len() > self.settings.max_subscription_streams {
             return Err(Refusal::invalid(
@@ -148,7 +182,7 @@ impl Durable {
             match sub.links.get_mut(&path) {
                 Some(link) => link.explicit = true,
                 None => {
-                    let acked = self.sub_tail(&path).await;
+                    let acked = self.sub_tail(&sub.access, &path).await;
                     let link = Link {
                         explicit: true,
                         glob: false,
@@ -165,10 +199,18 @@ impl Durable {
     }
 
     /// Removes an explicit link; a glob link to the same stream stays.
-    pub(super) async fn sub_remove_stream(&self, id: &str, path: &str) -> Result<(), Refusal> {
+    pub(super) async fn sub_remove_stream(
+        &self,
+        id: &str,
+        who: &Identity,
+        path: &str,
+    ) -> Result<(), Refusal> {
         let path = config::normalise(path);
         let mut table = self.subs.table.lock().await;
-        let sub = table.get_mut(id).ok_or_else(Refusal::not_found)?;
+        let sub = table
+            .get_mut(id)
+            .filter(|s| s.access.managed_by(who))
+            .ok_or_else(Refusal::not_found)?;
         if let Some(link) = sub.links.get_mut(&path) {
             link.explicit = false;
             if !link.glob {
@@ -182,7 +224,8 @@ impl Durable {
     }
 
     /// A subscription as `GET` shows it.
-    async fn view(&self, sub: &Sub, origin: &str) -> Value {
+    async fn view(&self, sub: &Sub) -> Value {
+        let origin = self.public_origin();
         let streams: Vec<Value> = self
             .infos(sub)
             .await

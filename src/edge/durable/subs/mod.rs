@@ -10,6 +10,10 @@
 //!
 //! Appends reach this module as a path marked touched; a driver task does the rest, so an append
 //! never waits for a subscription.
+//!
+//! A subscription belongs to the `sub` that created it (`access::SubOwner`): only its owner or an
+//! administrator manages or claims it, and it links, lists and wakes for only the streams its
+//! owner owns (all of them for an administrator's). A stream it may not see looks missing to it.
 
 mod config;
 mod cursor;
@@ -28,6 +32,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::access::SubOwner;
 use super::offset::Offset;
 use super::{now_ms, Durable};
 use config::{Config, Kind};
@@ -63,6 +68,9 @@ impl Refusal {
     }
     pub fn url_rejected(message: &str) -> Refusal {
         Refusal::new(StatusCode::BAD_REQUEST, "WEBHOOK_URL_REJECTED", message)
+    }
+    fn forbidden(message: &str) -> Refusal {
+        Refusal::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
     }
     fn not_found() -> Refusal {
         Refusal::new(
@@ -105,8 +113,8 @@ struct Wake {
 struct Sub {
     id: String,
     config: Config,
-    /// The base URL its callback URLs start with.
-    origin: String,
+    /// Who owns it, and so which streams it sees.
+    access: SubOwner,
     created_at: String,
     links: BTreeMap<String, Link>,
     generation: u64,
@@ -200,12 +208,19 @@ fn now_s() -> i64 {
 }
 
 impl Durable {
-    /// A stream's tail as subscriptions see it (the start of every stream when it is missing).
-    async fn sub_tail(&self, rel: &str) -> String {
+    /// A stream's tail as a subscription of `access` sees it (the start of every stream when it
+    /// is missing or not the subscription's to see).
+    async fn sub_tail(&self, access: &SubOwner, rel: &str) -> String {
         match self.find(&format!("{STREAM_ROOT}{rel}")).await {
-            super::Found::Live(s) => s.state.lock().await.tail.to_string(),
+            super::Found::Live(s) if access.sees(&s) => s.state.lock().await.tail.to_string(),
             _ => Offset::ZERO.to_string(),
         }
+    }
+
+    /// Whether a subscription of `access` sees the stream at `rel` (live or not).
+    fn sub_sees(&self, access: &SubOwner, rel: &str) -> bool {
+        self.get(&format!("{STREAM_ROOT}{rel}"))
+            .is_some_and(|s| access.sees(&s))
     }
 
     /// The linked streams of `sub`, with their tails.
@@ -215,7 +230,7 @@ impl Durable {
             out.push(Info {
                 path: path.clone(),
                 link: link.clone(),
-                tail: self.sub_tail(path).await,
+                tail: self.sub_tail(&sub.access, path).await,
             });
         }
         out
@@ -283,6 +298,7 @@ impl Durable {
                     .pattern
                     .as_deref()
                     .is_some_and(|p| glob::matches(p, path))
+                    && self.sub_sees(&sub.access, path)
                 {
                     let link = sub.links.entry(path.clone()).or_insert_with(|| {
                         dirty = true;

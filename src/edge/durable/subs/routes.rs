@@ -11,7 +11,8 @@
 //! | `subscriptions/{id}/{callback,ack,release}` | POST | carry the wake's own token |
 //!
 //! The last three answer to the wake's token, not the edge's authentication, so they are served
-//! by [`token_routes`], outside it.
+//! by [`token_routes`], outside it. The others answer to the caller: only a subscription's owner
+//! or an administrator reaches it.
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use serde_json::{json, Value};
 
 use super::cursor::{Via, WakeReply};
 use super::{Durable, Refusal};
+use crate::edge::auth::Identity;
 use crate::edge::durable::reply;
 
 /// Longest subscription id.
@@ -64,21 +66,6 @@ fn no_content(d: &Durable, r: Result<(), Refusal>) -> Response {
     }
 }
 
-/// The base URL callback and key URLs start with.
-fn origin(d: &Durable, headers: &HeaderMap) -> String {
-    if !d.settings.public_url.is_empty() {
-        return d.settings.public_url.clone();
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    format!(
-        "http://{host}{}",
-        d.settings.base_path.trim_end_matches('/')
-    )
-}
-
 /// A subscription id from the path: percent-decoded, 1-256 bytes, no slash or control byte.
 fn decode_id(raw: &str) -> Result<String, Refusal> {
     let id = percent_encoding::percent_decode_str(raw)
@@ -102,6 +89,7 @@ fn jwks(d: &Durable) -> Response {
 /// Handles a request below `{base}/v1/stream/__ds` (`rest` is what follows it).
 pub(in crate::edge::durable) async fn control(
     d: &Arc<Durable>,
+    who: &Identity,
     method: &Method,
     rest: &str,
     headers: &HeaderMap,
@@ -111,7 +99,7 @@ pub(in crate::edge::durable) async fn control(
     let r = match (method, parts.as_slice()) {
         (&Method::GET, ["jwks.json"]) => return jwks(d),
         (_, ["subscriptions", id, tail @ ..]) => match decode_id(id) {
-            Ok(id) => subscription(d, method, &id, tail, headers, body).await,
+            Ok(id) => subscription(d, who, method, &id, tail, headers, body).await,
             Err(e) => return refused(d, e),
         },
         _ => None,
@@ -130,17 +118,17 @@ pub(in crate::edge::durable) async fn control(
 
 async fn subscription(
     d: &Arc<Durable>,
+    who: &Identity,
     method: &Method,
     id: &str,
     tail: &[&str],
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Option<Response> {
-    let origin = origin(d, headers);
     Some(match (method, tail) {
         (&Method::PUT, []) => done(
             d,
-            d.sub_put(id, &origin, body).await.map(|(created, v)| {
+            d.sub_put(id, who, body).await.map(|(created, v)| {
                 (
                     if created {
                         StatusCode::CREATED
@@ -151,15 +139,15 @@ async fn subscription(
                 )
             }),
         ),
-        (&Method::GET, []) => done(d, d.sub_get(id, &origin).await.map(|v| (StatusCode::OK, v))),
+        (&Method::GET, []) => done(d, d.sub_get(id, who).await.map(|v| (StatusCode::OK, v))),
         (&Method::DELETE, []) => {
-            d.sub_delete(id).await;
+            d.sub_delete(id, who).await;
             no_content(d, Ok(()))
         }
-        (&Method::POST, ["streams"]) => no_content(d, d.sub_add_streams(id, body).await),
+        (&Method::POST, ["streams"]) => no_content(d, d.sub_add_streams(id, who, body).await),
         (&Method::DELETE, ["streams", path]) => {
             let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
-            no_content(d, d.sub_remove_stream(id, &path).await)
+            no_content(d, d.sub_remove_stream(id, who, &path).await)
         }
         (&Method::POST, ["claim"]) => {
             #[derive(serde::Deserialize)]
@@ -169,7 +157,7 @@ async fn subscription(
             match serde_json::from_slice::<Claim>(body) {
                 Ok(c) if !c.worker.is_empty() && c.worker.len() <= MAX_ID => done(
                     d,
-                    d.sub_claim(id, &c.worker)
+                    d.sub_claim(id, who, &c.worker)
                         .await
                         .map(|v| (StatusCode::OK, v)),
                 ),

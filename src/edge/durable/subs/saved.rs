@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::Config;
 use super::{keys, Durable, Link, Sub};
+use crate::edge::durable::access::SubOwner;
 use crate::store::DurableDoc;
 
 /// The signing key's document name.
@@ -18,7 +19,9 @@ const KEY: &str = "webhook";
 #[derive(Serialize, Deserialize)]
 struct Saved {
     config: Config,
-    origin: String,
+    /// Its owner; a document saved before owners has none (see `SubOwner::sees`).
+    #[serde(default)]
+    access: SubOwner,
     created_at: String,
     links: BTreeMap<String, Link>,
     generation: u64,
@@ -33,7 +36,7 @@ pub(super) type Doc = (String, Option<Vec<u8>>);
 pub(super) fn doc(sub: &Sub) -> Doc {
     let saved = Saved {
         config: sub.config.clone(),
-        origin: sub.origin.clone(),
+        access: sub.access.clone(),
         created_at: sub.created_at.clone(),
         links: sub.links.clone(),
         generation: sub.generation,
@@ -101,7 +104,7 @@ impl Durable {
             let sub = Sub {
                 id: id.clone(),
                 config: s.config,
-                origin: s.origin,
+                access: s.access,
                 created_at: s.created_at,
                 links: s.links,
                 generation: s.generation,
