@@ -48,7 +48,8 @@ grace_period = "5s"
 ${SLUICE_WITH_EXTRA:-}
 TOML
 
-"$BIN" --config "$DIR/settings.toml" >"$LOG" 2>&1 &
+# Durable Streams topics go under the run's prefix too, so the cleanup below removes them.
+SLUICE__DURABLE__TOPIC_PREFIX="sluice.with.$TAG.ds." "$BIN" --config "$DIR/settings.toml" >"$LOG" 2>&1 &
 PID=$!
 # The run's topics go too (a conformance run creates hundreds); best effort.
 cleanup() {

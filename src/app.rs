@@ -191,6 +191,7 @@ impl App {
             shutdown: edge_stop.clone(),
             remote: remote.clone(),
         });
+        let rate = Arc::new(edge::limits::RequestRate::new(&settings.limits));
         let edge = Arc::new(EdgeState {
             subs,
             journal: journal.clone(),
@@ -210,7 +211,7 @@ impl App {
             ),
             limits: settings.limits.clone(),
             gate: Arc::new(edge::limits::Gate::new(&settings.limits)),
-            rate: edge::limits::RequestRate::new(&settings.limits),
+            rate: rate.clone(),
             subscribers: edge::limits::Slots::new(settings.limits.max_subscribers_per_stream),
             pending: edge::access::PendingOwners::default(),
             durable: match settings.durable.enabled {
@@ -224,6 +225,7 @@ impl App {
                         store.clone(),
                         &settings.durable,
                         metrics.clone(),
+                        rate,
                         edge_stop.clone(),
                     )
                     .map_err(anyhow::Error::msg)

@@ -73,8 +73,8 @@ pub struct EdgeState {
     pub limits: LimitsSettings,
     /// The connection caps, shared by the HTTP and gRPC listeners.
     pub gate: Arc<limits::Gate>,
-    /// Stream requests per identity.
-    pub rate: limits::RequestRate,
+    /// Stream requests (and Durable Stream creations) per identity.
+    pub rate: Arc<limits::RequestRate>,
     /// Live subscribers per stream.
     pub subscribers: limits::Slots<String>,
     /// Owners of streams requested here and not yet recorded.

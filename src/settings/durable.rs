@@ -33,6 +33,11 @@ pub struct DurableSettings {
     pub max_streams: usize,
     /// Most bytes all streams hold in memory together; appends past it get 507.
     pub max_total_bytes: usize,
+    /// Most streams one owner (a token's `sub`) holds; creations past it get 507. An
+    /// administrator's streams without an owner count only against `max_streams`.
+    pub max_streams_per_owner: usize,
+    /// Most bytes of their own one owner's streams hold together; appends past it get 507.
+    pub max_bytes_per_owner: usize,
     /// The URL clients reach this server's base path at (`https://streams.example.com/ds`), for
     /// `Location` and the callback and key URLs subscriptions hand out. Empty: `http://` + the
     /// bound `http.listen` address + `base_path` (development); never the request's `Host`.
@@ -45,6 +50,8 @@ pub struct DurableSettings {
     pub max_producers_per_stream: usize,
     /// Most subscriptions at once; creations past it get 503.
     pub max_subscriptions: usize,
+    /// Most subscriptions one owner holds; creations past it get 507.
+    pub max_subscriptions_per_owner: usize,
     /// Most explicit streams one subscription names.
     pub max_subscription_streams: usize,
     /// Accept `http://localhost` and `http://127.0.0.x` webhooks (development only: otherwise
@@ -66,10 +73,13 @@ impl Default for DurableSettings {
             max_stream_bytes: 64 * 1024 * 1024,
             max_streams: 10_000,
             max_total_bytes: 1024 * 1024 * 1024,
+            max_streams_per_owner: 1_000,
+            max_bytes_per_owner: 256 * 1024 * 1024,
             public_url: String::new(),
             topic_prefix: "sluice.ds.".into(),
             max_producers_per_stream: 1_024,
             max_subscriptions: 1_000,
+            max_subscriptions_per_owner: 100,
             max_subscription_streams: 1_000,
             webhook_allow_localhost: false,
             webhook_timeout: Duration::from_secs(10),
@@ -117,7 +127,13 @@ impl DurableSettings {
             ("durable.max_stream_bytes", self.max_stream_bytes),
             ("durable.max_streams", self.max_streams),
             ("durable.max_total_bytes", self.max_total_bytes),
+            ("durable.max_streams_per_owner", self.max_streams_per_owner),
+            ("durable.max_bytes_per_owner", self.max_bytes_per_owner),
             ("durable.max_subscriptions", self.max_subscriptions),
+            (
+                "durable.max_subscriptions_per_owner",
+                self.max_subscriptions_per_owner,
+            ),
             (
                 "durable.max_producers_per_stream",
                 self.max_producers_per_stream,
@@ -207,8 +223,8 @@ mod tests {
             );
         }
         let ok = refusal(|s| {
-            s.kafka.stream_topic_prefix = "sluice.".into();
-            s.durable.topic_prefix = "sluice.ds.".into();
+            s.kafka.stream_topic_prefix = "app.".into();
+            s.durable.topic_prefix = "app.ds.".into();
             s.durable.enabled = false;
         });
         assert_eq!(

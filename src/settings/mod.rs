@@ -495,6 +495,7 @@ mod tests {
         // A stream named `requests` would write into the intake topic.
         let mut s = Settings::default();
         s.kafka.stream_topic_prefix = "sluice.".into();
+        s.durable.topic_prefix = "ds.".into();
         let err = s.validate().unwrap_err().to_string();
         assert!(
             err.contains("intake.topic") && err.contains("lies under"),

@@ -2,6 +2,7 @@
 //! with a temporary RocksDB directory and unique topic and group names, plus SSE and Kafka clients.
 #![allow(dead_code)]
 
+pub mod ds;
 pub mod grpc;
 pub mod process;
 pub mod source;

@@ -164,7 +164,7 @@ pub async fn post(d: &Arc<Durable>, req: &Req, body: Bytes) -> Response {
             Verdict::Accept if !st.meta.producers.contains_key(&p.id) => {
                 match admit_producer(d, &mut st, &p.id) {
                     Ok(n) => admitted = n,
-                    Err((status, why)) => return reply::error(status, why),
+                    Err(r) => return *r,
                 }
             }
             Verdict::Accept => {}
@@ -185,7 +185,7 @@ pub async fn post(d: &Arc<Durable>, req: &Req, body: Bytes) -> Response {
         let who = producer.as_ref().map(|p| (p.id.as_str(), p.epoch, p.seq));
         if let Err(r) = write(d, &stream.path, &mut st, &body, who, stream_seq).await {
             st.own_bytes -= admitted;
-            d.release(admitted);
+            d.release(st.meta.owner.as_deref(), admitted);
             return r;
         }
     }
@@ -221,32 +221,27 @@ pub async fn post(d: &Arc<Durable>, req: &Req, body: Bytes) -> Response {
 /// Makes room for a new producer in a stream's table: within
 /// `durable.max_producers_per_stream` (400 past it: forgetting one would break its retries), and
 /// with its bytes counted in the stream's and the server's byte budgets (413, 507).
-fn admit_producer(
-    d: &Durable,
-    st: &mut State,
-    id: &str,
-) -> Result<usize, (StatusCode, &'static str)> {
+fn admit_producer(d: &Durable, st: &mut State, id: &str) -> Result<usize, Box<Response>> {
     let max = d.settings.max_producers_per_stream;
     if st.meta.producers.len() >= max {
         d.metrics.edge_rejected(
             "ds_too_many_producers",
             &format!("durable: a stream has {max} producers (durable.max_producers_per_stream)"),
         );
-        return Err((
+        return Err(Box::new(reply::error(
             StatusCode::BAD_REQUEST,
             "too many producers on this stream (durable.max_producers_per_stream)",
-        ));
+        )));
     }
     let bytes = id.len() + PRODUCER_OVERHEAD;
     if st.own_bytes + bytes > d.settings.max_stream_bytes {
-        return Err((StatusCode::PAYLOAD_TOO_LARGE, "stream is full"));
+        return Err(Box::new(reply::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "stream is full",
+        )));
     }
-    if !d.reserve(bytes) {
-        return Err((
-            StatusCode::INSUFFICIENT_STORAGE,
-            "server memory for streams is full",
-        ));
-    }
+    d.reserve(st.meta.owner.as_deref(), bytes)
+        .map_err(|full| Box::new(full.reply(d)))?;
     st.own_bytes += bytes;
     Ok(bytes)
 }
@@ -292,16 +287,13 @@ pub(super) async fn store(
     who: Option<(&str, u64, u64)>,
     stream_seq: Option<&str>,
 ) -> Result<(), Response> {
-    if !d.reserve(data.len()) {
-        return Err(reply::error(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "server memory for streams is full",
-        ));
-    }
+    let owner = st.meta.owner.clone();
+    d.reserve(owner.as_deref(), data.len())
+        .map_err(|full| full.reply(d))?;
     let k = match d.log.append(&st.meta.topic, &data, who, stream_seq).await {
         Ok(k) => k,
         Err(e) => {
-            d.release(data.len());
+            d.release(owner.as_deref(), data.len());
             tracing::warn!(error = %e, path, "durable append failed");
             return Err(reply::error(
                 StatusCode::SERVICE_UNAVAILABLE,

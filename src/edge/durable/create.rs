@@ -114,8 +114,22 @@ pub async fn put(d: &Arc<Durable>, req: &Req, body: Bytes) -> Response {
     if d.count() >= d.settings.max_streams {
         return reply::error(StatusCode::SERVICE_UNAVAILABLE, "too many streams");
     }
+    if !req.caller.is_admin() {
+        if let Err(e) = d.rate.check(&req.rate_key) {
+            d.metrics
+                .edge_rejected(e.code(), "durable: stream creations over the request rate");
+            return reply::refused(&e);
+        }
+    }
+    let slot = match d.quotas.admit_stream(owner.as_deref()) {
+        Ok(slot) => slot,
+        Err(over) => return d.over_quota(over),
+    };
     match create(d, req, c, owner, body).await {
-        Ok(r) => r,
+        Ok(r) => {
+            slot.keep();
+            r
+        }
         Err(r) => r,
     }
 }

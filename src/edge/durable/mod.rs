@@ -19,6 +19,7 @@ pub(crate) mod bridge;
 mod create;
 pub mod log;
 pub mod offset;
+mod quota;
 mod read;
 mod reply;
 mod request;
@@ -49,6 +50,28 @@ pub enum Found {
     Live(Arc<DsStream>),
 }
 
+/// A byte budget a write would cross.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Full {
+    /// `durable.max_total_bytes`.
+    Server,
+    /// One of the owner's budgets.
+    Owner(quota::Over),
+}
+
+impl Full {
+    /// The 507 answer, with the refusal counted and logged.
+    fn reply(self, d: &Durable) -> Response {
+        match self {
+            Full::Server => reply::error(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "server memory for streams is full",
+            ),
+            Full::Owner(over) => d.over_quota(over),
+        }
+    }
+}
+
 /// The Durable Streams server's state. Shared behind an `Arc`.
 pub struct Durable {
     streams: Mutex<HashMap<String, Arc<DsStream>>>,
@@ -59,6 +82,10 @@ pub struct Durable {
     pub(crate) settings: DurableSettings,
     /// Bytes all streams hold, against `durable.max_total_bytes`.
     held: std::sync::atomic::AtomicUsize,
+    /// Each owner's streams and bytes, against the per-owner budgets.
+    quotas: quota::Quotas,
+    /// Creations per identity, the bucket stream requests draw from too.
+    rate: Arc<crate::edge::limits::RequestRate>,
     /// SSE responses' feeders.
     tasks: tokio_util::task::TaskTracker,
     /// Fires when the edge stops: SSE responses end.
@@ -82,6 +109,7 @@ impl Durable {
         store: crate::store::Store,
         settings: &DurableSettings,
         metrics: Arc<crate::metrics::Metrics>,
+        rate: Arc<crate::edge::limits::RequestRate>,
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<Arc<Durable>, String> {
         Ok(Arc::new(Durable {
@@ -91,6 +119,8 @@ impl Durable {
             store,
             settings: settings.clone(),
             held: std::sync::atomic::AtomicUsize::new(0),
+            quotas: quota::Quotas::new(settings),
+            rate,
             tasks: tokio_util::task::TaskTracker::new(),
             stop,
             subs: subs::Subscriptions::new(settings)?,
@@ -123,6 +153,14 @@ impl Durable {
             .get()
             .map_or("http://localhost", String::as_str);
         format!("{origin}{}", self.settings.base_path.trim_end_matches('/'))
+    }
+
+    /// The answer to a request past one of the owner's budgets: 507, as a storage quota is.
+    fn over_quota(&self, over: quota::Over) -> Response {
+        let message = over.message();
+        self.metrics
+            .edge_rejected("ds_owner_quota", &format!("durable: {message}"));
+        reply::error(StatusCode::INSUFFICIENT_STORAGE, &message)
     }
 
     /// Waits for the SSE feeders, once the edge stopped.
@@ -224,7 +262,8 @@ impl Durable {
             }
             let topic = st.meta.topic.clone();
             let source = st.source.take();
-            self.release(st.own_bytes);
+            self.release(st.meta.owner.as_deref(), st.own_bytes);
+            self.quotas.drop_stream(st.meta.owner.as_deref());
             drop(st);
             let log = self.log.clone();
             self.tasks.spawn(async move {
@@ -243,19 +282,28 @@ impl Durable {
         }
     }
 
-    /// Reserves `n` bytes of the memory budget; false if it is spent.
-    pub(crate) fn reserve(&self, n: usize) -> bool {
+    /// Reserves `n` bytes of the server's memory budget and `owner`'s, or says which is spent.
+    pub(crate) fn reserve(&self, owner: Option<&str>, n: usize) -> Result<(), Full> {
         use std::sync::atomic::Ordering;
         let max = self.settings.max_total_bytes;
         self.held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
                 (h + n <= max).then_some(h + n)
             })
-            .is_ok()
+            .map_err(|_| Full::Server)?;
+        self.quotas.reserve(owner, n).map_err(|over| {
+            self.release_server(n);
+            Full::Owner(over)
+        })
     }
 
-    /// Returns `n` bytes to the memory budget.
-    pub(crate) fn release(&self, n: usize) {
+    /// Returns `n` bytes to the server's memory budget and `owner`'s.
+    pub(crate) fn release(&self, owner: Option<&str>, n: usize) {
+        self.quotas.release(owner, n);
+        self.release_server(n);
+    }
+
+    fn release_server(&self, n: usize) {
         use std::sync::atomic::Ordering;
         let _ = self
             .held

@@ -22,6 +22,8 @@ pub struct Req {
     pub headers: HeaderMap,
     /// Who is asking.
     pub caller: crate::edge::auth::Identity,
+    /// The key the caller's request rate is counted under.
+    pub rate_key: String,
 }
 
 impl Req {
@@ -110,6 +112,17 @@ pub fn error(status: StatusCode, message: &str) -> Response {
         builder(status).header(header::CONTENT_TYPE, "text/plain"),
         message.to_owned(),
     )
+}
+
+/// The answer to an edge refusal (a rate limit, say): its status, `Retry-After` if it has one,
+/// and its message.
+pub fn refused(e: &crate::edge::ApiError) -> Response {
+    let b = builder(e.status()).header(header::CONTENT_TYPE, "text/plain");
+    let b = match e.retry_after() {
+        Some(secs) => b.header(header::RETRY_AFTER, secs.to_string()),
+        None => b,
+    };
+    finish(b, e.to_string())
 }
 
 /// A 409 for a closed stream: where it ends, and that it is closed.

@@ -102,6 +102,7 @@ async fn dispatch(d: Arc<Durable>, caller: Caller, req: Request, timeout: Durati
         query: parts.uri.query().map(str::to_owned),
         headers: parts.headers,
         caller: caller.identity,
+        rate_key: caller.rate_key,
     };
     match parts.method {
         Method::PUT => create::put(&d, &req, body).await,

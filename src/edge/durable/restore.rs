@@ -149,6 +149,7 @@ impl Durable {
         st.own_bytes += table;
         self.held
             .fetch_add(table, std::sync::atomic::Ordering::AcqRel);
+        self.quotas.restored(st.meta.owner.as_deref(), st.own_bytes);
         Ok(DsStream::new(path, st))
     }
 }

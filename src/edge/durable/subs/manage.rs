@@ -70,6 +70,26 @@ impl Durable {
                 extra: None,
             });
         }
+        let cap = self.settings.max_subscriptions_per_owner;
+        if access.owner.is_some() && !access.admin {
+            let held = table
+                .values()
+                .filter(|s| s.access.owner == access.owner)
+                .count();
+            if held >= cap {
+                let message = format!(
+                    "this owner holds {cap} subscriptions, the most one owner may (durable.max_subscriptions_per_owner)"
+                );
+                self.metrics
+                    .edge_rejected("ds_owner_quota", &format!("durable: {message}"));
+                return Err(Refusal {
+                    status: StatusCode::INSUFFICIENT_STORAGE,
+                    code: "QUOTA_EXCEEDED",
+                    message,
+                    extra: None,
+                });
+            }
+        }
         // Counted before the streams are listed, so an append racing this creation is noted
         // for it either way: in the listing, or as a touched path.
         self.subs.count.fetch_add(1, Ordering::AcqRel);
